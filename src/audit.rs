@@ -1,0 +1,333 @@
+//! The tamper-evident case log: one sha256 hash chain per case.
+//!
+//! Each record's hash covers the case reference, its sequence number, time,
+//! actor, event, details and the previous record's hash, each length-prefixed
+//! so no two different records encode alike. The database also keeps each
+//! case's head (record count and last hash) in the same transaction, so a
+//! deleted last record is caught too. A sealed log ends with a `sealed`
+//! record and is written out as JSON lines that verify on their own.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const SEALED: &str = "sealed";
+const DOMAIN: &[u8] = b"workcopy-caselog-v1";
+
+/// One record of a case log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub case_ref: String,
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The unix user name of whoever caused the event (`workcopy` for the daemon itself).
+    pub actor: String,
+    pub uid: u32,
+    pub event: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What a new record says, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub actor: String,
+    pub uid: u32,
+    pub event: String,
+    pub details: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(actor: &Actor, event: &str, details: serde_json::Value) -> NewEvent {
+        NewEvent {
+            actor: actor.name.clone(),
+            uid: actor.uid,
+            event: event.to_string(),
+            details,
+        }
+    }
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor {
+            name: "workcopy".into(),
+            uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+fn feed(h: &mut Sha256, field: &[u8]) {
+    h.update((field.len() as u64).to_le_bytes());
+    h.update(field);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The hash of a record from its fields (its own `hash` field is ignored).
+pub fn record_hash(r: &EventRecord) -> String {
+    let mut h = Sha256::new();
+    feed(&mut h, DOMAIN);
+    feed(&mut h, r.case_ref.as_bytes());
+    feed(&mut h, &r.seq.to_le_bytes());
+    feed(&mut h, r.at.as_bytes());
+    feed(&mut h, r.actor.as_bytes());
+    feed(&mut h, &r.uid.to_le_bytes());
+    feed(&mut h, r.event.as_bytes());
+    feed(&mut h, r.details.to_string().as_bytes());
+    feed(&mut h, r.prev_hash.as_bytes());
+    hex(&h.finalize())
+}
+
+/// Builds the next record of a chain whose head is (`count`, `head_hash`).
+pub fn chain(case_ref: &str, count: u64, head_hash: &str, e: NewEvent) -> EventRecord {
+    let mut r = EventRecord {
+        case_ref: case_ref.to_string(),
+        seq: count + 1,
+        at: now_rfc3339(),
+        actor: e.actor,
+        uid: e.uid,
+        event: e.event,
+        details: e.details,
+        prev_hash: head_hash.to_string(),
+        hash: String::new(),
+    };
+    r.hash = record_hash(&r);
+    r
+}
+
+/// The first bad record of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("case {case_ref}: record {seq}: {reason}")]
+pub struct ChainError {
+    pub case_ref: String,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Checks a case's records in order; `head` is the anchor kept beside them
+/// (record count and last hash), when there is one.
+pub fn verify_chain(case_ref: &str, records: &[EventRecord], head: Option<(u64, &str)>) -> Result<(), ChainError> {
+    let fail = |seq: u64, reason: String| ChainError {
+        case_ref: case_ref.to_string(),
+        seq,
+        reason,
+    };
+    let mut prev = GENESIS.to_string();
+    for (i, r) in records.iter().enumerate() {
+        let want = i as u64 + 1;
+        if r.seq != want {
+            return Err(fail(
+                want,
+                format!(
+                    "found record number {} where {want} belongs (a record was removed, inserted or moved)",
+                    r.seq
+                ),
+            ));
+        }
+        if r.case_ref != case_ref {
+            return Err(fail(want, format!("belongs to case {:?}", r.case_ref)));
+        }
+        if r.prev_hash != prev {
+            return Err(fail(
+                want,
+                "does not follow the record before it (a record was removed, inserted or moved)".into(),
+            ));
+        }
+        if record_hash(r) != r.hash {
+            return Err(fail(want, "its contents do not match its hash (the record was edited)".into()));
+        }
+        if i + 1 < records.len() && r.event == SEALED {
+            return Err(fail(want, "records follow the seal".into()));
+        }
+        prev = r.hash.clone();
+    }
+    if let Some((count, hash)) = head {
+        let n = records.len() as u64;
+        if n != count {
+            return Err(fail(
+                n.min(count) + 1,
+                format!("the case has {count} record(s) on record but {n} were found (records were removed or added)"),
+            ));
+        }
+        if hash != prev {
+            return Err(fail(n, "the last record is not the one on record for the case".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies a sealed log written by `case close` (JSON lines). Returns the
+/// case reference and the number of records.
+pub fn verify_sealed(text: &str) -> Result<(String, usize), ChainError> {
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: EventRecord = serde_json::from_str(line).map_err(|e| ChainError {
+            case_ref: records.first().map(|r: &EventRecord| r.case_ref.clone()).unwrap_or_default(),
+            seq: i as u64 + 1,
+            reason: format!("line {} is not a case log record: {e}", i + 1),
+        })?;
+        records.push(r);
+    }
+    let Some(first) = records.first() else {
+        return Err(ChainError {
+            case_ref: String::new(),
+            seq: 0,
+            reason: "the file holds no records".into(),
+        });
+    };
+    let case_ref = first.case_ref.clone();
+    verify_chain(&case_ref, &records, None)?;
+    match records.last() {
+        Some(last) if last.event == SEALED => Ok((case_ref, records.len())),
+        _ => Err(ChainError {
+            case_ref,
+            seq: records.len() as u64,
+            reason: "the log ends without its seal (records were removed from the end)".into(),
+        }),
+    }
+}
+
+/// The sealed form: one JSON record per line.
+pub fn to_jsonl(records: &[EventRecord]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(r).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn build(n: usize, sealed: bool) -> Vec<EventRecord> {
+        let mut v: Vec<EventRecord> = Vec::new();
+        for i in 0..n {
+            let (count, head) = v.last().map(|r| (r.seq, r.hash.clone())).unwrap_or((0, GENESIS.into()));
+            let event = if sealed && i + 1 == n { SEALED } else { "note" };
+            v.push(chain(
+                "REF-1",
+                count,
+                &head,
+                NewEvent {
+                    actor: "alice".into(),
+                    uid: 1000,
+                    event: event.into(),
+                    details: json!({"i": i, "text": format!("event {i}")}),
+                },
+            ));
+        }
+        v
+    }
+
+    fn head(v: &[EventRecord]) -> (u64, String) {
+        v.last().map(|r| (r.seq, r.hash.clone())).unwrap_or((0, GENESIS.into()))
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let v = build(5, false);
+        let (n, h) = head(&v);
+        assert_eq!(verify_chain("REF-1", &v, Some((n, &h))), Ok(()));
+        let sealed = build(4, true);
+        assert_eq!(verify_sealed(&to_jsonl(&sealed)), Ok(("REF-1".into(), 4)));
+    }
+
+    #[test]
+    fn dropping_the_last_record_is_caught_by_the_head() {
+        let v = build(5, false);
+        let (n, h) = head(&v);
+        assert!(verify_chain("REF-1", &v[..4], None).is_ok());
+        assert!(verify_chain("REF-1", &v[..4], Some((n, &h))).is_err());
+    }
+
+    #[test]
+    fn sealed_log_without_seal_fails() {
+        let v = build(4, true);
+        let e = verify_sealed(&to_jsonl(&v[..3]));
+        assert!(matches!(e, Err(ref e) if e.reason.contains("seal")), "{e:?}");
+        assert!(verify_sealed("").is_err());
+        assert!(verify_sealed("{not json\n").is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Tamper {
+        EditDetails(usize),
+        EditActor(usize),
+        EditTime(usize),
+        Delete(usize),
+        Insert(usize),
+        Swap(usize, usize),
+        Duplicate(usize),
+    }
+
+    fn tamper() -> impl Strategy<Value = Tamper> {
+        prop_oneof![
+            (0usize..64).prop_map(Tamper::EditDetails),
+            (0usize..64).prop_map(Tamper::EditActor),
+            (0usize..64).prop_map(Tamper::EditTime),
+            (0usize..64).prop_map(Tamper::Delete),
+            (0usize..64).prop_map(Tamper::Insert),
+            (0usize..64, 0usize..64).prop_map(|(a, b)| Tamper::Swap(a, b)),
+            (0usize..64).prop_map(Tamper::Duplicate),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_tampering_is_detected(n in 1usize..12, t in tamper()) {
+            let orig = build(n, true);
+            let (count, h) = head(&orig);
+            let mut v = orig.clone();
+            match t {
+                Tamper::EditDetails(i) => { let i = i % n; v[i].details = json!({"i": 999}); }
+                Tamper::EditActor(i) => { let i = i % n; v[i].actor.push('x'); }
+                Tamper::EditTime(i) => { let i = i % n; v[i].at = "2000-01-01T00:00:00Z".into(); }
+                Tamper::Delete(i) => { v.remove(i % n); }
+                Tamper::Insert(i) => {
+                    let i = i % (n + 1);
+                    let mut forged = orig[i.min(n - 1)].clone();
+                    forged.event = "forged".into();
+                    forged.hash = record_hash(&forged);
+                    v.insert(i, forged);
+                }
+                Tamper::Swap(a, b) => { let (a, b) = (a % n, b % n); prop_assume!(a != b); v.swap(a, b); }
+                Tamper::Duplicate(i) => { let i = i % n; let r = v[i].clone(); v.insert(i, r); }
+            }
+            prop_assert!(verify_chain("REF-1", &v, Some((count, &h))).is_err());
+            prop_assert!(verify_sealed(&to_jsonl(&v)).is_err());
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The CLI's side of the control socket (blocking; one request, one reply).
+
+use super::frame::{FrameError, recv_blocking, send_blocking};
+use super::proto::{MAX_REPLY, Request, Response};
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the workcopy daemon at {path}: {source} (is `workcopy serve` running?)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("talking to the daemon: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the daemon's reply is malformed: {0}")]
+    Decode(String),
+}
+
+pub struct Client {
+    sock: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Client { sock })
+    }
+
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.call_with_fds(req, &[])
+    }
+
+    pub fn call_with_fds(&mut self, req: &Request, fds: &[RawFd]) -> Result<Response, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        send_blocking(&mut self.sock, &body, fds)?;
+        let reply = recv_blocking(&mut self.sock, MAX_REPLY)?;
+        serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

@@ -1,0 +1,193 @@
+//! The control socket's messages, shared by the daemon and the CLI.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON.
+//! Requests are capped at [`MAX_REQUEST`], replies at [`MAX_REPLY`]; the cap is
+//! checked before the body is read. `CatalogImport` carries the catalog's
+//! open file descriptor beside its frame (SCM_RIGHTS), so the daemon reads
+//! what the caller could open, at disk speed, without size limits.
+
+use crate::audit::EventRecord;
+use crate::db::{CaseRecord, ImportSummary};
+use crate::domain::case::CaseState;
+use crate::domain::catalog::CatalogFile;
+use crate::domain::verify::{CaseFile, RequestForm};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_REQUEST: usize = 1 << 20;
+pub const MAX_REPLY: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// The catalog TSV arrives as a file descriptor beside the frame.
+    CatalogImport,
+    CatalogShow {
+        descriptor: String,
+    },
+    CaseOpen {
+        case_ref: String,
+        form: RequestForm,
+    },
+    CaseApprove {
+        case_ref: String,
+    },
+    CaseReject {
+        case_ref: String,
+        reason: String,
+    },
+    CaseConfirm {
+        case_ref: String,
+        sha256sums: String,
+    },
+    CaseClose {
+        case_ref: String,
+        force: bool,
+        reason: Option<String>,
+    },
+    CaseList {
+        state: Option<CaseState>,
+    },
+    CaseShow {
+        case_ref: String,
+    },
+    CaseLog {
+        case_ref: String,
+    },
+    AuditVerify,
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::CatalogImport => "catalog import",
+            Request::CatalogShow { .. } => "catalog show",
+            Request::CaseOpen { .. } => "case open",
+            Request::CaseApprove { .. } => "case approve",
+            Request::CaseReject { .. } => "case reject",
+            Request::CaseConfirm { .. } => "case confirm",
+            Request::CaseClose { .. } => "case close",
+            Request::CaseList { .. } => "case list",
+            Request::CaseShow { .. } => "case show",
+            Request::CaseLog { .. } => "case log",
+            Request::AuditVerify => "audit verify",
+        }
+    }
+}
+
+/// Why a request was refused. `kind` lets scripts tell refusals apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// The caller may not do this.
+    Denied,
+    /// The case or file does not exist (or the caller may not know of it).
+    NotFound,
+    /// The request is malformed or names something invalid.
+    Invalid,
+    /// The case's state does not allow it.
+    State,
+    /// Verification, receipt or the log check failed.
+    Failed,
+    /// Something went wrong inside the daemon.
+    Internal,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub mode: String,
+    pub mount_point: String,
+    pub mounted: bool,
+    pub read_path: String,
+    pub catalog_files: u64,
+    pub cases: Vec<(CaseState, u64)>,
+    pub directory_departments: usize,
+    pub bytes_served: u64,
+    pub pulls_in_progress: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseView {
+    pub case: CaseRecord,
+    pub files: Vec<CaseFile>,
+    /// Staging progress while the case is approved: (bytes done, bytes total).
+    pub staging: Option<(u64, u64)>,
+    /// Why the case is blocked, when it is.
+    pub blocked_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub cases: u64,
+    pub records: u64,
+    pub sealed_files: u64,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status(StatusReply),
+    Imported(ImportSummary),
+    Files { files: Vec<CatalogFile> },
+    Case(Box<CaseView>),
+    Cases { cases: Vec<CaseRecord> },
+    Log { records: Vec<EventRecord> },
+    Audit(AuditReport),
+}
+
+pub type Response = Result<Reply, Refusal>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = vec![
+            Request::Status,
+            Request::CatalogImport,
+            Request::CaseOpen {
+                case_ref: "R1".into(),
+                form: RequestForm {
+                    requester: "a@b".into(),
+                    department: None,
+                    submitter: Some("X".into()),
+                    descriptors: vec!["f".into()],
+                },
+            },
+            Request::CaseClose {
+                case_ref: "R1".into(),
+                force: true,
+                reason: Some("withdrawn".into()),
+            },
+            Request::CaseList {
+                state: Some(CaseState::Exported),
+            },
+        ];
+        for r in reqs {
+            let text = serde_json::to_string(&r).unwrap_or_default();
+            let back: Result<Request, _> = serde_json::from_str(&text);
+            assert_eq!(back.ok(), Some(r));
+        }
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The case register's storage, behind one trait so the domain code does not
+//! know which database holds it. SQLite (WAL) is the default; the schema
+//! lives in `migrations/<backend>/`.
+
+use crate::audit::{EventRecord, NewEvent};
+use crate::domain::case::CaseState;
+use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::verify::{CaseFile, Report};
+use serde::{Deserialize, Serialize};
+
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("case {0} already exists")]
+    Exists(String),
+    #[error("no case {0}")]
+    NoCase(String),
+    #[error("case {case_ref} is {actual}, no longer {expected}; try again")]
+    Conflict {
+        case_ref: String,
+        expected: CaseState,
+        actual: CaseState,
+    },
+    #[error("{0}")]
+    Catalog(#[from] crate::domain::catalog::CatalogError),
+    #[error("database: {0}")]
+    Db(String),
+    #[error("the stored case {0} cannot be read: {1}")]
+    Corrupt(String, String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// What an import changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    pub rows: u64,
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub catalog_files: u64,
+}
+
+/// A new case as `case open` registers it.
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    pub case_ref: String,
+    pub requester: String,
+    pub department: Option<String>,
+    pub submitter: Option<String>,
+    pub report: Report,
+    pub files: Vec<CaseFile>,
+}
+
+/// A case as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub case_ref: String,
+    pub state: CaseState,
+    pub requester: String,
+    pub department: Option<String>,
+    pub submitter: Option<String>,
+    pub verified: bool,
+    pub report: Report,
+    pub created_at: String,
+    /// Unix seconds when the case entered its current state.
+    pub state_since: i64,
+    pub event_count: u64,
+    pub head_hash: String,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds and updates catalog files by `file_id` in one transaction. Refuses
+    /// the whole import when a row would change a file a live case holds, or
+    /// would give a path to two files.
+    async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError>;
+    /// Catalog files whose `file_id`, `path` or base name equals `descriptor`, at most `limit`.
+    async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    async fn catalog_size(&self) -> Result<u64, StoreError>;
+
+    /// Registers a case with its first log record.
+    async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError>;
+    async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError>;
+    async fn case_files(&self, case_ref: &str) -> Result<Vec<CaseFile>, StoreError>;
+    async fn list_cases(&self, state: Option<CaseState>, department: Option<&str>) -> Result<Vec<CaseRecord>, StoreError>;
+    /// Moves a case from `from` to `to` and appends `event`, atomically; fails
+    /// with `Conflict` when the case is no longer in `from`.
+    async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// Appends a record without changing the state.
+    async fn append(&self, case_ref: &str, event: NewEvent) -> Result<EventRecord, StoreError>;
+    async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError>;
+    async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
+}
+
+/// Opens the store named by a database URL, creating and migrating it.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Db(format!(
+            "{}: only SQLite is built into this version; PostgreSQL support is planned behind the same store interface",
+            crate::config::redact_url(url)
+        )))
+    }
+}

@@ -1,0 +1,421 @@
+//! SQLite in WAL mode. All writes go through one connection, so transactions
+//! never contend; reads use a small pool of read-only connections.
+
+use super::{CaseRecord, ImportSummary, NewCase, Store, StoreError};
+use crate::audit::{self, EventRecord, GENESIS, NewEvent};
+use crate::domain::case::CaseState;
+use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::verify::CaseFile;
+use crate::names::{CatalogPath, DirId, FileId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Rows per multi-row INSERT (9 parameters each, well under SQLite's limit).
+const BATCH: usize = 1000;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().create_if_missing(true).pragma("temp_store", "memory"))
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    async fn head(tx: &mut Transaction<'_, Sqlite>, case_ref: &str) -> Result<(CaseState, u64, String), StoreError> {
+        let row = sqlx::query("SELECT state, event_count, head_hash FROM cases WHERE ref = ?")
+            .bind(case_ref)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
+        let state: String = row.try_get(0)?;
+        let state = CaseState::parse(&state).ok_or_else(|| StoreError::Corrupt(case_ref.into(), format!("unknown state {state:?}")))?;
+        Ok((state, row.try_get::<i64, _>(1)? as u64, row.try_get(2)?))
+    }
+
+    async fn push_event(
+        tx: &mut Transaction<'_, Sqlite>,
+        case_ref: &str,
+        count: u64,
+        head: &str,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let rec = audit::chain(case_ref, count, head, event);
+        sqlx::query(
+            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&rec.case_ref)
+        .bind(rec.seq as i64)
+        .bind(&rec.at)
+        .bind(&rec.actor)
+        .bind(rec.uid as i64)
+        .bind(&rec.event)
+        .bind(rec.details.to_string())
+        .bind(&rec.prev_hash)
+        .bind(&rec.hash)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE cases SET event_count = ?, head_hash = ? WHERE ref = ?")
+            .bind(rec.seq as i64)
+            .bind(&rec.hash)
+            .bind(case_ref)
+            .execute(&mut **tx)
+            .await?;
+        Ok(rec)
+    }
+}
+
+fn catalog_file(row: &SqliteRow) -> Result<CatalogFile, StoreError> {
+    let bad = |e: crate::names::NameError| StoreError::Db(format!("stored catalog row is invalid: {e}"));
+    Ok(CatalogFile {
+        file_id: FileId::parse(row.try_get("file_id")?).map_err(bad)?,
+        path: CatalogPath::parse(row.try_get("path")?).map_err(bad)?,
+        department: DirId::parse(row.try_get("department")?).map_err(bad)?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        sha256: row.try_get("sha256")?,
+        submitted_ns: row.try_get("submitted_ns")?,
+        extra: row.try_get("extra")?,
+    })
+}
+
+fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
+    let case_ref: String = row.try_get("ref")?;
+    let state: String = row.try_get("state")?;
+    let state = CaseState::parse(&state).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown state {state:?}")))?;
+    let report: String = row.try_get("report")?;
+    let report = serde_json::from_str(&report).map_err(|e| StoreError::Corrupt(case_ref.clone(), format!("report: {e}")))?;
+    Ok(CaseRecord {
+        state,
+        requester: row.try_get("requester")?,
+        department: row.try_get("department")?,
+        submitter: row.try_get("submitter")?,
+        verified: row.try_get::<i64, _>("verified")? != 0,
+        report,
+        created_at: row.try_get("created_at")?,
+        state_since: row.try_get("state_since")?,
+        event_count: row.try_get::<i64, _>("event_count")? as u64,
+        head_hash: row.try_get("head_hash")?,
+        case_ref,
+    })
+}
+
+fn event_record(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let case_ref: String = row.try_get("case_ref")?;
+    let details: String = row.try_get("details")?;
+    // A record whose details are not JSON was edited: keep it as a string so
+    // the chain check reports it instead of failing to read the log.
+    let details = serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details));
+    Ok(EventRecord {
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        uid: row.try_get::<i64, _>("uid")? as u32,
+        event: row.try_get("event")?,
+        details,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        case_ref,
+    })
+}
+
+const LIVE: &str = "('open','approved','blocked','exported','received')";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
+             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM import_rows").execute(&mut *tx).await?;
+        let full_sql = insert_sql(BATCH);
+        for chunk in rows.chunks(BATCH) {
+            let sql = if chunk.len() == BATCH {
+                full_sql.clone()
+            } else {
+                insert_sql(chunk.len())
+            };
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                let f = &r.file;
+                q = q
+                    .bind(r.line as i64)
+                    .bind(f.file_id.as_str())
+                    .bind(f.path.as_str())
+                    .bind(f.path.base_name())
+                    .bind(f.department.as_str())
+                    .bind(f.size as i64)
+                    .bind(f.sha256.as_str())
+                    .bind(f.submitted_ns)
+                    .bind(f.extra.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        const CHANGED: &str = "(k.path <> i.path OR k.department <> i.department OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)";
+        let mut errors = RowErrors::default();
+        let held = sqlx::query(&format!(
+            "SELECT i.line, i.file_id, MIN(c.ref) FROM import_rows i JOIN catalog k ON k.file_id = i.file_id \
+             JOIN case_files cf ON cf.file_id = i.file_id JOIN cases c ON c.ref = cf.case_ref \
+             WHERE c.state IN {LIVE} AND {CHANGED} GROUP BY i.line, i.file_id ORDER BY i.line"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &held {
+            let line: i64 = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            let case_ref: String = row.try_get(2)?;
+            errors.push(
+                line as usize,
+                format!("file {id} is held by case {case_ref}; its path, department, size, sha256 and submitted_at cannot change until that case ends"),
+            );
+        }
+        let counts = sqlx::query(&format!(
+            "SELECT COUNT(*), SUM(k.file_id IS NULL), SUM(k.file_id IS NOT NULL AND ({CHANGED} OR k.extra <> i.extra)) \
+             FROM import_rows i LEFT JOIN catalog k ON k.file_id = i.file_id"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = counts.try_get::<i64, _>(0)? as u64;
+        let added = counts.try_get::<Option<i64>, _>(1)?.unwrap_or(0) as u64;
+        let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
+        let now = audit::now_rfc3339();
+        sqlx::query(
+            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
+             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, ? FROM import_rows WHERE true \
+             ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, base_name = excluded.base_name, department = excluded.department, \
+             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, imported_at = excluded.imported_at \
+             WHERE catalog.path <> excluded.path OR catalog.department <> excluded.department OR catalog.size <> excluded.size \
+             OR catalog.sha256 <> excluded.sha256 OR catalog.submitted_ns <> excluded.submitted_ns OR catalog.extra <> excluded.extra",
+        )
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let clashes = sqlx::query(
+            "SELECT i.line, i.path, k.file_id FROM import_rows i JOIN catalog k ON k.path = i.path AND k.file_id <> i.file_id ORDER BY i.line",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &clashes {
+            let line: i64 = row.try_get(0)?;
+            let path: String = row.try_get(1)?;
+            let other: String = row.try_get(2)?;
+            errors.push(line as usize, format!("path {path:?} is already the path of file {other}"));
+        }
+        sqlx::query("DELETE FROM import_rows").execute(&mut *tx).await?;
+        if !errors.is_empty() {
+            tx.rollback().await?;
+            return errors.into_result(ImportSummary::default()).map_err(StoreError::from);
+        }
+        let catalog_files = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
+            .fetch_one(&mut *tx)
+            .await? as u64;
+        tx.commit().await?;
+        Ok(ImportSummary {
+            rows: total,
+            added,
+            updated,
+            unchanged: total - added - updated,
+            catalog_files,
+        })
+    }
+
+    async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra FROM catalog \
+             WHERE file_id = ?1 OR path = ?1 OR base_name = ?1 ORDER BY file_id LIMIT ?2",
+        )
+        .bind(descriptor)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(catalog_file).collect()
+    }
+
+    async fn catalog_size(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
+            .fetch_one(&self.reader)
+            .await? as u64)
+    }
+
+    async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM cases WHERE ref = ?")
+            .bind(&case.case_ref)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Exists(case.case_ref));
+        }
+        let report = serde_json::to_string(&case.report).map_err(|e| StoreError::Db(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
+             VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        )
+        .bind(&case.case_ref)
+        .bind(&case.requester)
+        .bind(&case.department)
+        .bind(&case.submitter)
+        .bind(case.report.verified() as i64)
+        .bind(report)
+        .bind(audit::now_rfc3339())
+        .bind(unix_now())
+        .bind(GENESIS)
+        .execute(&mut *tx)
+        .await?;
+        for (i, f) in case.files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO case_files (case_ref, idx, descriptor, export_name, file_id, path, department, size, sha256, submitted_ns, extra) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&case.case_ref)
+            .bind(i as i64)
+            .bind(&f.descriptor)
+            .bind(&f.export_name)
+            .bind(f.file.file_id.as_str())
+            .bind(f.file.path.as_str())
+            .bind(f.file.department.as_str())
+            .bind(f.file.size as i64)
+            .bind(&f.file.sha256)
+            .bind(f.file.submitted_ns)
+            .bind(&f.file.extra)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let rec = Self::push_event(&mut tx, &case.case_ref, 0, GENESIS, event).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM cases WHERE ref = ?")
+            .bind(case_ref)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(case_record).transpose()
+    }
+
+    async fn case_files(&self, case_ref: &str) -> Result<Vec<CaseFile>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM case_files WHERE case_ref = ? ORDER BY idx")
+            .bind(case_ref)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CaseFile {
+                    descriptor: r.try_get("descriptor")?,
+                    export_name: r.try_get("export_name")?,
+                    file: catalog_file(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_cases(&self, state: Option<CaseState>, department: Option<&str>) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM cases WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR department = ?2) ORDER BY created_at, ref",
+        )
+        .bind(state.map(|s| s.as_str()))
+        .bind(department)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(case_record).collect()
+    }
+
+    async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (state, count, head) = Self::head(&mut tx, case_ref).await?;
+        if state != from {
+            return Err(StoreError::Conflict {
+                case_ref: case_ref.to_string(),
+                expected: from,
+                actual: state,
+            });
+        }
+        sqlx::query("UPDATE cases SET state = ?, state_since = ? WHERE ref = ?")
+            .bind(to.as_str())
+            .bind(unix_now())
+            .bind(case_ref)
+            .execute(&mut *tx)
+            .await?;
+        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn append(&self, case_ref: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (_, count, head) = Self::head(&mut tx, case_ref).await?;
+        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = ? ORDER BY rowid")
+            .bind(case_ref)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event_record).collect()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM cases GROUP BY state")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut map: HashMap<String, u64> = HashMap::new();
+        for r in &rows {
+            map.insert(r.try_get(0)?, r.try_get::<i64, _>(1)? as u64);
+        }
+        Ok(CaseState::ALL
+            .iter()
+            .map(|s| (*s, map.get(s.as_str()).copied().unwrap_or(0)))
+            .collect())
+    }
+}
+
+fn insert_sql(n: usize) -> String {
+    let mut s =
+        String::from("INSERT INTO import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra) VALUES ");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("(?,?,?,?,?,?,?,?,?)");
+    }
+    s
+}

@@ -1,0 +1,338 @@
+//! The case lifecycle: states, transitions, who may take them, and the event
+//! each writes to the case log.
+//!
+//! ```text
+//! open ──approve──▶ approved ──(staged + verified)──▶ exported ──confirm──▶ received ──close──▶ closed
+//!   │                  │                                 │
+//!   └──reject──▶ rejected  └──(mismatch)──▶ blocked        └──(ttl passes)──▶ expired
+//! ```
+//!
+//! `blocked` (a file did not match the catalog when staged) can be approved
+//! again (after the GDB was repaired) or rejected. `close --force --reason`
+//! closes a case from any non-terminal state.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseState {
+    Open,
+    Approved,
+    Blocked,
+    Exported,
+    Received,
+    Closed,
+    Rejected,
+    Expired,
+}
+
+impl CaseState {
+    pub const ALL: [CaseState; 8] = [
+        CaseState::Open,
+        CaseState::Approved,
+        CaseState::Blocked,
+        CaseState::Exported,
+        CaseState::Received,
+        CaseState::Closed,
+        CaseState::Rejected,
+        CaseState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseState::Open => "open",
+            CaseState::Approved => "approved",
+            CaseState::Blocked => "blocked",
+            CaseState::Exported => "exported",
+            CaseState::Received => "received",
+            CaseState::Closed => "closed",
+            CaseState::Rejected => "rejected",
+            CaseState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CaseState> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// No transition leaves a terminal state; its log is sealed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, CaseState::Closed | CaseState::Rejected | CaseState::Expired)
+    }
+
+    /// Whether the case's directory is in the mount.
+    pub fn is_visible(self) -> bool {
+        matches!(self, CaseState::Exported | CaseState::Received)
+    }
+
+    /// Whether the case holds its catalog files (their core fields may not change).
+    pub fn holds_files(self) -> bool {
+        !self.is_terminal()
+    }
+}
+
+impl fmt::Display for CaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is asking, as decided from the caller's credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Root or a member of `staff_group`.
+    Staff,
+    /// A department's transfer account.
+    Transfer { department: String },
+    /// workcopy itself (expiry, recovery).
+    System,
+    /// Anyone else.
+    Nobody,
+}
+
+/// An action on an existing case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    /// Staging finished and every file matched.
+    Export,
+    /// Staging found a mismatch or could not read a file.
+    Block,
+    Reject,
+    Confirm,
+    Close,
+    ForceClose,
+    Expire,
+}
+
+impl Action {
+    /// The event written to the case log when the action is taken.
+    pub fn event(self) -> &'static str {
+        match self {
+            Action::Approve => "approved",
+            Action::Export => "exported",
+            Action::Block => "blocked",
+            Action::Reject => "rejected",
+            Action::Confirm => "received",
+            Action::Close => "closed",
+            Action::ForceClose => "closed",
+            Action::Expire => "expired",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Export => "export",
+            Action::Block => "block",
+            Action::Reject => "reject",
+            Action::Confirm => "confirm receipt of",
+            Action::Close => "close",
+            Action::ForceClose => "force-close",
+            Action::Expire => "expire",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("permission denied: only staff may {0} a case")]
+    NotStaff(&'static str),
+    #[error("permission denied: only staff or the case's own department may {0} it")]
+    NotOwner(&'static str),
+    #[error("case is {state}; cannot {verb} it{hint}")]
+    WrongState {
+        state: CaseState,
+        verb: &'static str,
+        hint: &'static str,
+    },
+    #[error("case failed verification and can never be approved; reject it and register a corrected request")]
+    NotVerified,
+}
+
+/// The facts about a case the rules need.
+#[derive(Debug, Clone, Copy)]
+pub struct CaseFacts<'a> {
+    pub state: CaseState,
+    pub verified: bool,
+    pub department: Option<&'a str>,
+}
+
+/// Decides whether `role` may take `action` on a case, and the state it leads to.
+pub fn transition(role: &Role, action: Action, case: CaseFacts<'_>) -> Result<CaseState, TransitionError> {
+    use CaseState as S;
+    let verb = action.verb();
+    match (action, role) {
+        (Action::Confirm, Role::Staff) => {}
+        (Action::Confirm, Role::Transfer { department }) if Some(department.as_str()) == case.department => {}
+        (Action::Confirm, _) => return Err(TransitionError::NotOwner(verb)),
+        (Action::Export | Action::Block | Action::Expire, Role::System) => {}
+        (Action::Export | Action::Block | Action::Expire, _) => return Err(TransitionError::NotStaff(verb)),
+        (_, Role::Staff) => {}
+        (_, _) => return Err(TransitionError::NotStaff(verb)),
+    }
+    let wrong = |hint: &'static str| TransitionError::WrongState {
+        state: case.state,
+        verb,
+        hint,
+    };
+    match (action, case.state) {
+        (Action::Approve, S::Open | S::Blocked) if !case.verified => Err(TransitionError::NotVerified),
+        (Action::Approve, S::Open | S::Blocked) => Ok(S::Approved),
+        (Action::Approve, _) => Err(wrong("")),
+        (Action::Export, S::Approved) => Ok(S::Exported),
+        (Action::Block, S::Approved) => Ok(S::Blocked),
+        (Action::Export | Action::Block, _) => Err(wrong("")),
+        (Action::Reject, S::Open | S::Blocked) => Ok(S::Rejected),
+        (Action::Reject, S::Approved | S::Exported | S::Received) => {
+            Err(wrong(" (use `case close --force --reason` to withdraw an approved case)"))
+        }
+        (Action::Reject, _) => Err(wrong("")),
+        (Action::Confirm, S::Exported) => Ok(S::Received),
+        (Action::Confirm, _) => Err(wrong("")),
+        (Action::Close, S::Received) => Ok(S::Closed),
+        (Action::Close, s) if !s.is_terminal() => Err(wrong(" before receipt is confirmed (use --force --reason)")),
+        (Action::Close, _) => Err(wrong("")),
+        (Action::ForceClose, s) if !s.is_terminal() => Ok(S::Closed),
+        (Action::ForceClose, _) => Err(wrong("")),
+        (Action::Expire, S::Exported) => Ok(S::Expired),
+        (Action::Expire, _) => Err(wrong("")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CaseState as S;
+
+    fn facts(state: CaseState) -> CaseFacts<'static> {
+        CaseFacts {
+            state,
+            verified: true,
+            department: Some("RH-KGA"),
+        }
+    }
+
+    fn staff(action: Action, state: CaseState) -> Result<CaseState, TransitionError> {
+        transition(&Role::Staff, action, facts(state))
+    }
+
+    #[test]
+    fn the_happy_path() {
+        assert_eq!(staff(Action::Approve, S::Open), Ok(S::Approved));
+        assert_eq!(transition(&Role::System, Action::Export, facts(S::Approved)), Ok(S::Exported));
+        let owner = Role::Transfer {
+            department: "RH-KGA".into(),
+        };
+        assert_eq!(transition(&owner, Action::Confirm, facts(S::Exported)), Ok(S::Received));
+        assert_eq!(staff(Action::Close, S::Received), Ok(S::Closed));
+    }
+
+    #[test]
+    fn every_transition_table() {
+        // (action, from, to) for staff or system; every other pair is refused.
+        let allowed: &[(Action, S, S)] = &[
+            (Action::Approve, S::Open, S::Approved),
+            (Action::Approve, S::Blocked, S::Approved),
+            (Action::Export, S::Approved, S::Exported),
+            (Action::Block, S::Approved, S::Blocked),
+            (Action::Reject, S::Open, S::Rejected),
+            (Action::Reject, S::Blocked, S::Rejected),
+            (Action::Confirm, S::Exported, S::Received),
+            (Action::Close, S::Received, S::Closed),
+            (Action::ForceClose, S::Open, S::Closed),
+            (Action::ForceClose, S::Approved, S::Closed),
+            (Action::ForceClose, S::Blocked, S::Closed),
+            (Action::ForceClose, S::Exported, S::Closed),
+            (Action::ForceClose, S::Received, S::Closed),
+            (Action::Expire, S::Exported, S::Expired),
+        ];
+        let actions = [
+            Action::Approve,
+            Action::Export,
+            Action::Block,
+            Action::Reject,
+            Action::Confirm,
+            Action::Close,
+            Action::ForceClose,
+            Action::Expire,
+        ];
+        for a in actions {
+            let role = if matches!(a, Action::Export | Action::Block | Action::Expire) {
+                Role::System
+            } else {
+                Role::Staff
+            };
+            for s in S::ALL {
+                let got = transition(&role, a, facts(s)).ok();
+                let want = allowed.iter().find(|(x, from, _)| *x == a && *from == s).map(|t| t.2);
+                assert_eq!(got, want, "{a:?} from {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for s in [S::Closed, S::Rejected, S::Expired] {
+            assert!(s.is_terminal());
+            for a in [Action::Approve, Action::Reject, Action::Confirm, Action::Close, Action::ForceClose] {
+                assert!(staff(a, s).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn unverified_case_can_never_be_approved() {
+        let f = CaseFacts {
+            state: S::Open,
+            verified: false,
+            department: Some("RH-KGA"),
+        };
+        assert_eq!(transition(&Role::Staff, Action::Approve, f), Err(TransitionError::NotVerified));
+    }
+
+    #[test]
+    fn who_may_do_what() {
+        let owner = Role::Transfer {
+            department: "RH-KGA".into(),
+        };
+        let other = Role::Transfer {
+            department: "AUH-KGA".into(),
+        };
+        for a in [Action::Approve, Action::Reject, Action::Close, Action::ForceClose] {
+            assert!(matches!(transition(&owner, a, facts(S::Open)), Err(TransitionError::NotStaff(_))));
+            assert!(matches!(
+                transition(&Role::Nobody, a, facts(S::Open)),
+                Err(TransitionError::NotStaff(_))
+            ));
+        }
+        assert!(matches!(
+            transition(&other, Action::Confirm, facts(S::Exported)),
+            Err(TransitionError::NotOwner(_))
+        ));
+        assert!(matches!(
+            transition(&Role::Nobody, Action::Confirm, facts(S::Exported)),
+            Err(TransitionError::NotOwner(_))
+        ));
+        assert_eq!(transition(&Role::Staff, Action::Confirm, facts(S::Exported)), Ok(S::Received));
+        for a in [Action::Export, Action::Block, Action::Expire] {
+            assert!(transition(&Role::Staff, a, facts(S::Approved)).is_err());
+        }
+        // An owner cannot confirm a case whose department is unknown.
+        let f = CaseFacts {
+            state: S::Exported,
+            verified: true,
+            department: None,
+        };
+        assert!(transition(&owner, Action::Confirm, f).is_err());
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in S::ALL {
+            assert_eq!(CaseState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CaseState::parse("nope"), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The directory: user groups, departments (with their transfer accounts) and
+//! requesting users. Loaded as a whole; a bad file is refused as a whole with
+//! the offending entry named.
+
+use crate::names::{DirId, UserId};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[error("directory {path}: {message}")]
+pub struct DirectoryError {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    #[serde(default)]
+    group: Vec<RawGroup>,
+    #[serde(default)]
+    department: Vec<RawDepartment>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDepartment {
+    id: String,
+    name: String,
+    group: String,
+    transfer_account: AccountSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AccountSpec {
+    Uid(u32),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    id: String,
+    department: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Department {
+    pub id: DirId,
+    pub name: String,
+    pub group: DirId,
+    /// The transfer account as written in the file.
+    pub transfer_account: String,
+    /// Its uid, resolved when the directory was loaded.
+    pub transfer_uid: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    pub groups: BTreeMap<DirId, Option<String>>,
+    pub departments: BTreeMap<DirId, Department>,
+    pub users: BTreeMap<UserId, DirId>,
+    by_uid: HashMap<u32, DirId>,
+}
+
+impl Directory {
+    pub fn load(path: &Path, resolve: &dyn Fn(&str) -> Result<u32, String>) -> Result<Directory, DirectoryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DirectoryError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string(), resolve)
+    }
+
+    /// Parses and validates. `resolve` turns a transfer account name into a uid.
+    pub fn parse(text: &str, origin: &str, resolve: &dyn Fn(&str) -> Result<u32, String>) -> Result<Directory, DirectoryError> {
+        let fail = |message: String| DirectoryError {
+            path: origin.to_string(),
+            message,
+        };
+        let raw: RawDirectory = toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().replace('\n', " ")))?;
+        let mut dir = Directory::default();
+        for g in raw.group {
+            let id = DirId::parse(&g.id).map_err(|e| fail(format!("[[group]] {e}")))?;
+            if dir.groups.insert(id.clone(), g.name).is_some() {
+                return Err(fail(format!("[[group]] id {id:?} appears twice")));
+            }
+        }
+        for d in raw.department {
+            let id = DirId::parse(&d.id).map_err(|e| fail(format!("[[department]] {e}")))?;
+            let group = DirId::parse(&d.group).map_err(|e| fail(format!("[[department]] {id}: group: {e}")))?;
+            if !dir.groups.contains_key(&group) {
+                return Err(fail(format!(
+                    "[[department]] {id}: group {group:?} is not a [[group]] of this file"
+                )));
+            }
+            if d.name.trim().is_empty() {
+                return Err(fail(format!("[[department]] {id}: name is empty")));
+            }
+            let (account, uid) = match d.transfer_account {
+                AccountSpec::Uid(u) => (u.to_string(), u),
+                AccountSpec::Name(n) => {
+                    let uid = resolve(&n).map_err(|e| fail(format!("[[department]] {id}: transfer_account: {e}")))?;
+                    (n, uid)
+                }
+            };
+            if uid == 0 {
+                return Err(fail(format!("[[department]] {id}: transfer_account must not be root")));
+            }
+            if let Some(other) = dir.by_uid.get(&uid) {
+                return Err(fail(format!(
+                    "[[department]] {id}: transfer_account {account:?} (uid {uid}) is already the account of {other}; each department needs its own"
+                )));
+            }
+            dir.by_uid.insert(uid, id.clone());
+            let dept = Department {
+                id: id.clone(),
+                name: d.name,
+                group,
+                transfer_account: account,
+                transfer_uid: uid,
+            };
+            if dir.departments.insert(id.clone(), dept).is_some() {
+                return Err(fail(format!("[[department]] id {id:?} appears twice")));
+            }
+        }
+        for u in raw.user {
+            let id = UserId::parse(&u.id).map_err(|e| fail(format!("[[user]] {e}")))?;
+            let dept = DirId::parse(&u.department).map_err(|e| fail(format!("[[user]] {id}: department: {e}")))?;
+            if !dir.departments.contains_key(&dept) {
+                return Err(fail(format!(
+                    "[[user]] {id}: department {dept:?} is not a [[department]] of this file"
+                )));
+            }
+            if dir.users.insert(id.clone(), dept).is_some() {
+                return Err(fail(format!("[[user]] id {id:?} appears twice")));
+            }
+        }
+        Ok(dir)
+    }
+
+    pub fn department(&self, id: &str) -> Option<&Department> {
+        DirId::parse(id).ok().and_then(|d| self.departments.get(&d))
+    }
+
+    /// The department whose transfer account has this uid.
+    pub fn department_of_uid(&self, uid: u32) -> Option<&Department> {
+        self.by_uid.get(&uid).and_then(|d| self.departments.get(d))
+    }
+
+    pub fn user_department(&self, user: &UserId) -> Option<&Department> {
+        self.users.get(user).and_then(|d| self.departments.get(d))
+    }
+
+    pub fn same_group(&self, a: &DirId, b: &DirId) -> bool {
+        match (self.departments.get(a), self.departments.get(b)) {
+            (Some(a), Some(b)) => a.group == b.group,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = r#"
+[[group]]
+id = "region-h-genetics"
+
+[[group]]
+id = "region-m-genetics"
+
+[[department]]
+id = "RH-KGA"
+name = "Klinisk Genetisk Afdeling, Rigshospitalet"
+group = "region-h-genetics"
+transfer_account = "xfer-rh"
+
+[[department]]
+id = "HGH-GEN"
+name = "Genetik, Herlev"
+group = "region-h-genetics"
+transfer_account = 2002
+
+[[department]]
+id = "AUH-KGA"
+name = "Klinisk Genetisk Afdeling, AUH"
+group = "region-m-genetics"
+transfer_account = "xfer-auh"
+
+[[user]]
+id = "alice@regionh.dk"
+department = "RH-KGA"
+
+[[user]]
+id = "bob@rm.dk"
+department = "AUH-KGA"
+"#;
+
+    pub(crate) fn fake_resolve(name: &str) -> Result<u32, String> {
+        match name {
+            "xfer-rh" => Ok(2001),
+            "xfer-auh" => Ok(2003),
+            "root" => Ok(0),
+            _ => Err(format!("no unix user named {name:?}")),
+        }
+    }
+
+    pub(crate) fn sample() -> Directory {
+        match Directory::parse(SAMPLE, "test", &fake_resolve) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn refused(text: &str) -> String {
+        match Directory::parse(text, "dir.toml", &fake_resolve) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loads_sample() {
+        let d = sample();
+        assert_eq!(d.departments.len(), 3);
+        assert_eq!(d.department_of_uid(2001).map(|d| d.id.as_str()), Some("RH-KGA"));
+        assert_eq!(d.department_of_uid(2002).map(|d| d.id.as_str()), Some("HGH-GEN"));
+        let rh = DirId::parse("RH-KGA").ok();
+        let hgh = DirId::parse("HGH-GEN").ok();
+        let auh = DirId::parse("AUH-KGA").ok();
+        if let (Some(rh), Some(hgh), Some(auh)) = (rh, hgh, auh) {
+            assert!(d.same_group(&rh, &hgh));
+            assert!(!d.same_group(&rh, &auh));
+        } else {
+            panic!("ids");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_entries_naming_them() {
+        let m = refused(&SAMPLE.replace("id = \"HGH-GEN\"", "id = \"RH-KGA\""));
+        assert!(m.contains("RH-KGA") && m.contains("twice"), "{m}");
+        let m = refused(&SAMPLE.replace("group = \"region-m-genetics\"", "group = \"nowhere\""));
+        assert!(m.contains("AUH-KGA") && m.contains("nowhere"), "{m}");
+        let m = refused(&SAMPLE.replace("\"xfer-auh\"", "\"nobody-here\""));
+        assert!(m.contains("AUH-KGA") && m.contains("nobody-here"), "{m}");
+        let m = refused(&SAMPLE.replace("transfer_account = 2002", "transfer_account = 2001"));
+        assert!(m.contains("HGH-GEN") && m.contains("already"), "{m}");
+        let m = refused(&SAMPLE.replace("department = \"AUH-KGA\"", "department = \"XX\""));
+        assert!(m.contains("bob@rm.dk"), "{m}");
+        let m = refused(&SAMPLE.replace("id = \"RH-KGA\"", "id = \"RH KGA\""));
+        assert!(m.contains("RH KGA"), "{m}");
+        let m = refused(&format!("{SAMPLE}\n[[printer]]\nid = \"x\"\n"));
+        assert!(m.contains("printer"), "{m}");
+        let m = refused(&SAMPLE.replace("\"xfer-auh\"", "\"root\""));
+        assert!(m.contains("root"), "{m}");
+    }
+}

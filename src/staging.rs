@@ -1,0 +1,264 @@
+//! Bringing a case's files to the point where they may be served: each GDB
+//! file is opened read-only strictly beneath `gdb_root` (no symlinks, no
+//! `..`), and its bytes must match the catalog's size and sha256. In staged
+//! mode the bytes are copied into the staging area while they are hashed,
+//! fsynced, and only then published under their final name.
+
+use crate::audit::hex;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{path}: cannot open beneath gdb_root: {reason}")]
+    Open { path: String, reason: String },
+    #[error("{path}: is {actual} bytes, the catalog says {expected}")]
+    Size { path: String, expected: u64, actual: u64 },
+    #[error("{path}: sha256 is {actual}, the catalog says {expected}")]
+    Checksum { path: String, expected: String, actual: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Opens `gdb_root` once; files are resolved relative to it.
+pub fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
+    let f = File::open(root)?;
+    if !f.metadata()?.is_dir() {
+        return Err(std::io::Error::other(format!("{} is not a directory", root.display())));
+    }
+    Ok(f.into())
+}
+
+/// Opens a catalog path read-only beneath the root: no symlink anywhere on
+/// the way, no escape by `..` or an absolute path, nothing but a regular file.
+pub fn open_beneath(root: impl AsFd, rel: &str) -> Result<File, StageError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root, rel, how).map_err(|e| StageError::Open {
+        path: rel.to_string(),
+        reason: match e {
+            nix::errno::Errno::EXDEV => "the path leads outside gdb_root".into(),
+            nix::errno::Errno::ELOOP => "the path goes through a symbolic link".into(),
+            nix::errno::Errno::ENOENT => "no such file".into(),
+            e => e.desc().to_string(),
+        },
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|source| StageError::Io {
+        path: rel.to_string(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(StageError::Open {
+            path: rel.to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
+    // Clear O_NONBLOCK (used only so opening a FIFO cannot hang) for plain reads.
+    let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_RDONLY));
+    Ok(file)
+}
+
+/// What one file must be.
+#[derive(Debug, Clone)]
+pub struct Expect<'a> {
+    pub rel: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
+fn check(e: &Expect<'_>, actual_size: u64, hasher: Sha256) -> Result<(), StageError> {
+    if actual_size != e.size {
+        return Err(StageError::Size {
+            path: e.rel.to_string(),
+            expected: e.size,
+            actual: actual_size,
+        });
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != e.sha256 {
+        return Err(StageError::Checksum {
+            path: e.rel.to_string(),
+            expected: e.sha256.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn io(path: &str) -> impl Fn(std::io::Error) -> StageError + '_ {
+    move |source| StageError::Io {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Direct mode: hashes the GDB file in place.
+pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) -> Result<(), StageError> {
+    let mut f = open_beneath(root, e.rel)?;
+    let size = f.metadata().map_err(io(e.rel))?.len();
+    if size != e.size {
+        return Err(StageError::Size {
+            path: e.rel.to_string(),
+            expected: e.size,
+            actual: size,
+        });
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io(e.rel))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    check(e, total, h)
+}
+
+/// Staged mode: copies the GDB file to `dest` while hashing it; the copy is
+/// written to a temporary name, fsynced, and renamed into place only when it
+/// matched. On any failure the temporary file is removed.
+pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &AtomicU64) -> Result<(), StageError> {
+    let mut src = open_beneath(root, e.rel)?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(dest);
+    let result = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&tmp)
+            .map_err(io(e.rel))?;
+        let _ = nix::fcntl::fallocate(&out, nix::fcntl::FallocateFlags::empty(), 0, e.size as i64);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = src.read(&mut buf).map_err(io(e.rel))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io(e.rel))?;
+            total += n as u64;
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+            if total > e.size {
+                return Err(StageError::Size {
+                    path: e.rel.to_string(),
+                    expected: e.size,
+                    actual: total,
+                });
+            }
+        }
+        check(e, total, h)?;
+        out.sync_all().map_err(io(e.rel))?;
+        std::fs::rename(&tmp, dest).map_err(io(e.rel))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(e.rel))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_name(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".partial.{name}"))
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(Mode::S_IRUSR.bits() | Mode::S_IWUSR.bits())
+    }
+}
+
+/// Where a case's staged files live.
+pub fn case_dir(staging: &Path, case_ref: &str) -> PathBuf {
+    staging.join(case_ref)
+}
+
+/// Names of staged files on disk are indexed, not the export names, so no
+/// name from the catalog ever becomes a path component here.
+pub fn staged_file(staging: &Path, case_ref: &str, index: usize) -> PathBuf {
+    case_dir(staging, case_ref).join(format!("{index:03}.data"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn sha(data: &[u8]) -> String {
+        hex(&Sha256::digest(data))
+    }
+
+    #[test]
+    fn copies_verifies_and_refuses_escapes() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("gdb");
+        std::fs::create_dir_all(root.join("runs"))?;
+        std::fs::write(root.join("runs/a.fq"), b"@r1\nACGT\n+\n!!!!\n")?;
+        std::fs::write(tmp.path().join("secret"), b"outside")?;
+        symlink(tmp.path().join("secret"), root.join("runs/link.fq"))?;
+        symlink("../gdb/runs", root.join("dirlink"))?;
+        let rootfd = open_root(&root)?;
+        let data = std::fs::read(root.join("runs/a.fq"))?;
+        let good = Expect {
+            rel: "runs/a.fq",
+            size: data.len() as u64,
+            sha256: &sha(&data),
+        };
+        let p = AtomicU64::new(0);
+        verify_in_place(&rootfd, &good, &p)?;
+        assert_eq!(p.load(Ordering::Relaxed), data.len() as u64);
+        let dest = tmp.path().join("out.data");
+        stage_copy(&rootfd, &good, &dest, &p)?;
+        assert_eq!(std::fs::read(&dest)?, data);
+
+        let bad_sum = sha(b"other");
+        let bad = Expect {
+            rel: "runs/a.fq",
+            size: data.len() as u64,
+            sha256: &bad_sum,
+        };
+        let dest2 = tmp.path().join("bad.data");
+        assert!(matches!(stage_copy(&rootfd, &bad, &dest2, &p), Err(StageError::Checksum { .. })));
+        assert!(!dest2.exists() && !tmp.path().join(".partial.bad.data").exists());
+        let short = Expect {
+            rel: "runs/a.fq",
+            size: 3,
+            sha256: &bad_sum,
+        };
+        assert!(matches!(verify_in_place(&rootfd, &short, &p), Err(StageError::Size { .. })));
+
+        for rel in ["../secret", "runs/link.fq", "dirlink/a.fq", "/etc/passwd", "runs"] {
+            let e = Expect {
+                rel,
+                size: 7,
+                sha256: &bad_sum,
+            };
+            assert!(matches!(verify_in_place(&rootfd, &e, &p), Err(StageError::Open { .. })), "{rel}");
+        }
+        Ok(())
+    }
+}

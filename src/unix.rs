@@ -1,0 +1,86 @@
+//! Look-ups in the system's user and group databases, and the identity of a
+//! caller.
+
+use nix::unistd::{Gid, Group, Uid, User};
+use std::time::Duration;
+
+/// A user name or numeric id, as written in config and directory files.
+pub fn resolve_user(spec: &str) -> Result<u32, String> {
+    if let Ok(uid) = spec.parse::<u32>() {
+        return Ok(uid);
+    }
+    match User::from_name(spec) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("no unix user named {spec:?}")),
+        Err(e) => Err(format!("cannot look up unix user {spec:?}: {e}")),
+    }
+}
+
+pub fn resolve_group(spec: &crate::config::GroupSpec) -> Result<u32, String> {
+    match spec {
+        crate::config::GroupSpec::Gid(g) => Ok(*g),
+        crate::config::GroupSpec::Name(n) => {
+            if let Ok(g) = n.parse::<u32>() {
+                return Ok(g);
+            }
+            match Group::from_name(n) {
+                Ok(Some(g)) => Ok(g.gid.as_raw()),
+                Ok(None) => Err(format!("no unix group named {n:?}")),
+                Err(e) => Err(format!("cannot look up unix group {n:?}: {e}")),
+            }
+        }
+    }
+}
+
+/// The user name for a uid, or the number when it has none.
+pub fn user_name(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// Caches uid → name for the paths (FUSE open, socket requests) that log the
+/// caller's name for every operation.
+#[derive(Clone)]
+pub struct NameCache {
+    cache: moka::sync::Cache<u32, String>,
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+}
+
+impl NameCache {
+    pub fn name(&self, uid: u32) -> String {
+        self.cache.get_with(uid, || user_name(uid))
+    }
+}
+
+/// The supplementary groups of a running process, from `/proc/<pid>/status`.
+pub fn process_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether the current process's effective uid is root.
+pub fn is_root() -> bool {
+    Uid::effective().is_root()
+}
+
+pub fn gid_exists(gid: u32) -> bool {
+    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(_)))
+}
