@@ -5,10 +5,12 @@
 use crate::config::Config;
 use crate::control::server;
 use crate::domain::directory::Directory;
-use crate::service::Service;
+use crate::export::fs::{ExportFs, ProcStaff};
+use crate::service::{Service, StoreAccessLog};
 use anyhow::Context;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -41,8 +43,8 @@ fn prepare_dirs(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Everything `serve` sets up before it accepts requests.
-pub async fn start(cfg: Config) -> anyhow::Result<Arc<Service>> {
+/// Opens the case register and builds the service (nothing mounted or listening yet).
+pub async fn open_service(cfg: Config) -> anyhow::Result<Arc<Service>> {
     prepare_dirs(&cfg)?;
     let directory = Directory::load(&cfg.directory, &crate::unix::resolve_user)?;
     let staff_gid = crate::unix::resolve_group(&cfg.staff_group)
@@ -50,15 +52,58 @@ pub async fn start(cfg: Config) -> anyhow::Result<Arc<Service>> {
     let store = crate::db::open(&cfg.database_url)
         .await
         .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&cfg.database_url)))?;
-    let svc = Service::new(cfg, store, directory, staff_gid)?;
-    svc.recover().await.map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
-    Ok(svc)
+    Ok(Service::new(cfg, store, directory, staff_gid)?)
+}
+
+/// The export filesystem core for a service, listening to its export table.
+pub fn export_fs(svc: &Arc<Service>) -> Arc<ExportFs> {
+    let fs = Arc::new(ExportFs::new(
+        Box::new(ProcStaff::new(svc.staff_gid())),
+        svc.staff_gid(),
+        svc.gdb_root(),
+        Arc::new(StoreAccessLog::new(svc, tokio::runtime::Handle::current())),
+        svc.stats.bytes_served.clone(),
+        svc.stats.open_files.clone(),
+    ));
+    svc.exports.listen(fs.clone());
+    fs
 }
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let svc = start(cfg).await?;
+    let svc = open_service(cfg).await?;
+    // Binding first also tells whether another daemon is running.
     let listener = server::bind(&svc.cfg.socket).with_context(|| format!("cannot listen on {}", svc.cfg.socket.display()))?;
     let socket_path = svc.cfg.socket.clone();
+    let fs = export_fs(&svc);
+    let passthrough = Arc::new(AtomicBool::new(false));
+    let mount_point = svc.cfg.mount_point.clone();
+    let mounted = tokio::task::spawn_blocking({
+        let fs = fs.clone();
+        let passthrough = passthrough.clone();
+        move || crate::export::mount::mount(fs, &mount_point, passthrough)
+    })
+    .await?
+    .with_context(|| format!("cannot mount the export at {}", svc.cfg.mount_point.display()));
+    let mounted = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e);
+        }
+    };
+    let read_path = if passthrough.load(Ordering::Acquire) {
+        "kernel passthrough (reads go straight to the backing files)"
+    } else {
+        "user space (this kernel offers no FUSE passthrough)"
+    };
+    if let Ok(mut m) = svc.mount_info.write() {
+        *m = Some((true, read_path.to_string()));
+    }
+    if let Err(e) = svc.recover().await {
+        mounted.unmount();
+        let _ = std::fs::remove_file(&socket_path);
+        anyhow::bail!("recovery failed: {e}");
+    }
     tokio::spawn(server::run(listener, svc.clone()));
     let expiry = svc.clone();
     tokio::spawn(async move {
@@ -68,13 +113,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             if let Err(e) = expiry.expire_due().await {
                 error!(error = %e, "expiry pass failed");
             }
+            sd_notify(&format!("STATUS={}", expiry.status_line().await));
         }
     });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, "workcopy serving");
-    sd_notify("READY=1\nSTATUS=serving");
+    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, read_path, "workcopy serving");
+    sd_notify(&format!("READY=1\nSTATUS={}", svc.status_line().await));
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -89,5 +135,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!("stopping");
     sd_notify("STOPPING=1");
     let _ = std::fs::remove_file(&socket_path);
+    mounted.unmount();
     Ok(())
 }

@@ -10,7 +10,8 @@ use crate::domain::case::{Action, CaseFacts, CaseState, Role, TransitionError, t
 use crate::domain::catalog::{CatalogError, parse_catalog};
 use crate::domain::directory::Directory;
 use crate::domain::verify::{CaseFile, RequestForm, SUMS_NAME, verify};
-use crate::export::table::{Backing, ExportTable, ExportedCase, ExportedFile};
+use crate::export::fs::{Access, AccessLog};
+use crate::export::table::{Backing, ExportTable, ExportedCase, ExportedFile, FileIdentity};
 use crate::names::CaseRef;
 use crate::receipt;
 use crate::staging::{self, Expect};
@@ -43,8 +44,63 @@ pub struct StagingJob {
 /// Counters the mount updates and `status` reports.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub bytes_served: AtomicU64,
-    pub open_files: AtomicU64,
+    pub bytes_served: Arc<AtomicU64>,
+    pub open_files: Arc<AtomicU64>,
+}
+
+/// Writes the mount's access records to the case log. Runs on FUSE threads,
+/// which wait for the record to be committed before an open succeeds.
+pub struct StoreAccessLog {
+    store: Arc<dyn Store>,
+    rt: tokio::runtime::Handle,
+    names: NameCache,
+}
+
+impl StoreAccessLog {
+    pub fn new(svc: &Service, rt: tokio::runtime::Handle) -> StoreAccessLog {
+        StoreAccessLog {
+            store: svc.store.clone(),
+            rt,
+            names: svc.names.clone(),
+        }
+    }
+}
+
+const VISIBLE: [CaseState; 2] = [CaseState::Exported, CaseState::Received];
+
+impl AccessLog for StoreAccessLog {
+    fn opened(&self, a: &Access) -> Result<(), String> {
+        let actor = Actor {
+            name: self.names.name(a.uid),
+            uid: a.uid,
+        };
+        let details = json!({"file": a.file, "file_id": a.file_id, "pid": a.pid, "staff": a.staff});
+        self.rt
+            .block_on(
+                self.store
+                    .append_in(&a.case_ref, &VISIBLE, NewEvent::new(&actor, "file_opened", details)),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn released(&self, a: &Access, bytes_read: u64, size: u64) {
+        let actor = Actor {
+            name: self.names.name(a.uid),
+            uid: a.uid,
+        };
+        let details = json!({"file": a.file, "file_id": a.file_id, "pid": a.pid, "bytes_read": bytes_read, "size": size, "complete": bytes_read >= size});
+        let store = self.store.clone();
+        let case_ref = a.case_ref.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = store
+                .append_in(&case_ref, &VISIBLE, NewEvent::new(&actor, "file_read", details))
+                .await
+            {
+                tracing::debug!(case = %case_ref, error = %e, "read record not written");
+            }
+        });
+    }
 }
 
 pub struct Service {
@@ -499,7 +555,7 @@ impl Service {
         let files_owned = files.to_vec();
         let case_ref_owned = case_ref.to_string();
         let job = job.clone();
-        let backings = tokio::task::spawn_blocking(move || -> Result<Vec<Backing>, String> {
+        let backings = tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, String> {
             let dir = staging::case_dir(&staging, &case_ref_owned);
             if mode == Mode::Staged {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -515,12 +571,12 @@ impl Service {
                 match mode {
                     Mode::Staged => {
                         let dest = staging::staged_file(&staging, &case_ref_owned, i);
-                        staging::stage_copy(&*root, &e, &dest, &job.done).map_err(|e| e.to_string())?;
-                        out.push(Backing::Staged(dest));
+                        let id = staging::stage_copy(&*root, &e, &dest, &job.done).map_err(|e| e.to_string())?;
+                        out.push((Backing::Staged(dest), id));
                     }
                     Mode::Direct => {
-                        staging::verify_in_place(&*root, &e, &job.done).map_err(|e| e.to_string())?;
-                        out.push(Backing::Gdb(f.file.path.to_string()));
+                        let id = staging::verify_in_place(&*root, &e, &job.done).map_err(|e| e.to_string())?;
+                        out.push((Backing::Gdb(f.file.path.to_string()), id));
                     }
                 }
             }
@@ -531,7 +587,13 @@ impl Service {
         self.exported_case(case_ref, department, files, backings)
     }
 
-    fn exported_case(&self, case_ref: &str, department: &str, files: &[CaseFile], backings: Vec<Backing>) -> Result<ExportedCase, String> {
+    fn exported_case(
+        &self,
+        case_ref: &str,
+        department: &str,
+        files: &[CaseFile],
+        backings: Vec<(Backing, FileIdentity)>,
+    ) -> Result<ExportedCase, String> {
         let owner_uid = self
             .directory()
             .department(department)
@@ -540,13 +602,14 @@ impl Service {
         let exported: Vec<ExportedFile> = files
             .iter()
             .zip(backings)
-            .map(|(f, backing)| ExportedFile {
+            .map(|(f, (backing, identity))| ExportedFile {
                 name: f.export_name.clone(),
                 file_id: f.file.file_id.to_string(),
                 sha256: f.file.sha256.clone(),
                 size: f.file.size,
                 mtime_ns: f.file.submitted_ns,
                 backing,
+                identity: Some(identity),
             })
             .collect();
         let sums = receipt::format_sums(exported.iter().map(|f| (f.name.as_str(), f.sha256.as_str()))).into_bytes();
@@ -742,29 +805,45 @@ impl Service {
     /// there with their size (they were verified and fsynced before export);
     /// a missing copy is staged and verified again.
     async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) -> Result<ExportedCase, String> {
-        let mut backings = Vec::new();
-        let mut complete = true;
-        for (i, f) in files.iter().enumerate() {
-            match self.cfg.mode {
-                Mode::Direct => backings.push(Backing::Gdb(f.file.path.to_string())),
-                Mode::Staged => {
-                    let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
-                    if std::fs::metadata(&p).map(|m| m.len() != f.file.size).unwrap_or(true) {
-                        complete = false;
-                    }
-                    backings.push(Backing::Staged(p));
+        if self.cfg.mode == Mode::Staged {
+            let mut backings = Vec::new();
+            for (i, f) in files.iter().enumerate() {
+                let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_file() && m.len() == f.file.size => backings.push((Backing::Staged(p), FileIdentity::of(&m))),
+                    _ => break,
                 }
             }
+            if backings.len() == files.len() {
+                return self.exported_case(case_ref, department, files, backings);
+            }
+            warn!(case = %case_ref, "staged copies are missing; staging again");
         }
-        if complete {
-            return self.exported_case(case_ref, department, files, backings);
-        }
-        warn!(case = %case_ref, "staged copies are missing; staging again");
+        // Direct mode: the GDB file may have changed while the daemon was down,
+        // so its bytes are verified again before the case becomes visible.
         let job = Arc::new(StagingJob {
             done: AtomicU64::new(0),
             total: files.iter().map(|f| f.file.size).sum(),
         });
         self.stage_files(case_ref, department, files, &job).await
+    }
+
+    /// One line for systemd's STATUS=.
+    pub async fn status_line(&self) -> String {
+        match self.store.count_by_state().await {
+            Ok(counts) => {
+                let get = |s: CaseState| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n).unwrap_or(0);
+                format!(
+                    "{} exported, {} awaiting approval, {} staging, {} received; {} file(s) open",
+                    get(CaseState::Exported),
+                    get(CaseState::Open),
+                    get(CaseState::Approved),
+                    get(CaseState::Received),
+                    self.stats.open_files.load(Ordering::Relaxed)
+                )
+            }
+            Err(e) => format!("case register unreadable: {e}"),
+        }
     }
 
     pub fn caselog_path(&self, case_ref: &str) -> std::path::PathBuf {

@@ -5,6 +5,7 @@
 //! fsynced, and only then published under their final name.
 
 use crate::audit::hex;
+use crate::export::table::FileIdentity;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
@@ -103,9 +104,10 @@ fn io(path: &str) -> impl Fn(std::io::Error) -> StageError + '_ {
 }
 
 /// Direct mode: hashes the GDB file in place.
-pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) -> Result<(), StageError> {
+pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) -> Result<FileIdentity, StageError> {
     let mut f = open_beneath(root, e.rel)?;
-    let size = f.metadata().map_err(io(e.rel))?.len();
+    let before = FileIdentity::of(&f.metadata().map_err(io(e.rel))?);
+    let size = before.size;
     if size != e.size {
         return Err(StageError::Size {
             path: e.rel.to_string(),
@@ -125,13 +127,21 @@ pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) ->
         total += n as u64;
         progress.fetch_add(n as u64, Ordering::Relaxed);
     }
-    check(e, total, h)
+    check(e, total, h)?;
+    let after = FileIdentity::of(&f.metadata().map_err(io(e.rel))?);
+    if after != before {
+        return Err(StageError::Io {
+            path: e.rel.to_string(),
+            source: std::io::Error::other("the file changed while it was being verified"),
+        });
+    }
+    Ok(after)
 }
 
 /// Staged mode: copies the GDB file to `dest` while hashing it; the copy is
 /// written to a temporary name, fsynced, and renamed into place only when it
 /// matched. On any failure the temporary file is removed.
-pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &AtomicU64) -> Result<(), StageError> {
+pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &AtomicU64) -> Result<FileIdentity, StageError> {
     let mut src = open_beneath(root, e.rel)?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = temp_name(dest);
@@ -168,7 +178,7 @@ pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Atomi
         out.sync_all().map_err(io(e.rel))?;
         std::fs::rename(&tmp, dest).map_err(io(e.rel))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io(e.rel))?;
-        Ok(())
+        Ok(FileIdentity::of(&out.metadata().map_err(io(e.rel))?))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

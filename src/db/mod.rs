@@ -100,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError>;
     /// Appends a record without changing the state.
     async fn append(&self, case_ref: &str, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// Appends a record only while the case is in one of `states` (checked in
+    /// the same transaction), so no access is ever recorded after a close.
+    async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError>;
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError>;
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
 }

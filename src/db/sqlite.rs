@@ -385,6 +385,21 @@ impl Store for SqliteStore {
         Ok(rec)
     }
 
+    async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (state, count, head) = Self::head(&mut tx, case_ref).await?;
+        if !states.contains(&state) {
+            return Err(StoreError::Conflict {
+                case_ref: case_ref.to_string(),
+                expected: states.first().copied().unwrap_or(state),
+                actual: state,
+            });
+        }
+        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = ? ORDER BY rowid")
             .bind(case_ref)

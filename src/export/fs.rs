@@ -1,0 +1,558 @@
+//! The export filesystem's core: who may see what, attributes, directory
+//! listings, opens with their access record, reads. No kernel in the loop:
+//! `fuse.rs` translates FUSE requests into these calls and their errors into
+//! errno values.
+
+use super::inodes::{InodeTable, Node, ROOT, Removed};
+use super::table::{Backing, ExportListener, ExportedCase, FileIdentity};
+use crate::staging::open_beneath;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use tracing::{error, warn};
+
+pub const XATTR_FILE_ID: &str = "user.workcopy.file_id";
+pub const XATTR_SHA256: &str = "user.workcopy.sha256";
+
+/// How long the kernel may cache a case directory's entry: zero, so every
+/// path walk asks again and another department's caller never profits from
+/// an entry cached for the owner.
+pub const CASE_ENTRY_TTL: Duration = Duration::ZERO;
+/// Files inside a case directory (reachable only through it) and attributes.
+pub const TTL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such entry")]
+    NotFound,
+    #[error("permission denied")]
+    Denied,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("attribute buffer too small")]
+    Range,
+    #[error("the case was closed while the file was open")]
+    Revoked,
+    #[error("the access record could not be written: {0}")]
+    AuditFailed(String),
+    #[error("the backing file is not the verified one: {0}")]
+    Integrity(String),
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The kernel's view of who asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes in the form the adapter turns into `FileAttr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+}
+
+/// An open by a caller, as written to the case log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub case_ref: String,
+    pub uid: u32,
+    pub pid: u32,
+    pub file: String,
+    pub file_id: String,
+    pub staff: bool,
+}
+
+/// Where accesses are recorded. `opened` must succeed before the open does.
+pub trait AccessLog: Send + Sync {
+    fn opened(&self, a: &Access) -> Result<(), String>;
+    fn released(&self, a: &Access, bytes_read: u64, size: u64);
+}
+
+/// Tells the kernel to drop cached entries and inodes.
+pub trait Invalidator: Send + Sync {
+    fn entry(&self, parent: u64, name: &str);
+    fn inode(&self, ino: u64);
+}
+
+/// Decides whether a caller is staff (its primary or supplementary groups).
+pub trait StaffCheck: Send + Sync {
+    fn is_staff(&self, c: &Caller) -> bool;
+}
+
+pub struct ProcStaff {
+    pub staff_gid: u32,
+    cache: moka::sync::Cache<(u32, u32), bool>,
+}
+
+impl ProcStaff {
+    pub fn new(staff_gid: u32) -> ProcStaff {
+        ProcStaff {
+            staff_gid,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(2))
+                .build(),
+        }
+    }
+}
+
+impl StaffCheck for ProcStaff {
+    fn is_staff(&self, c: &Caller) -> bool {
+        if c.uid == 0 || c.gid == self.staff_gid {
+            return true;
+        }
+        let gid = self.staff_gid;
+        self.cache
+            .get_with((c.pid, c.uid), || crate::unix::process_groups(c.pid).contains(&gid))
+    }
+}
+
+struct OpenFile {
+    file: Arc<File>,
+    access: Access,
+    size: u64,
+    read: AtomicU64,
+    revoked: Arc<AtomicBool>,
+}
+
+struct DirHandle {
+    entries: Vec<(u64, Kind, String)>,
+}
+
+/// The filesystem core.
+pub struct ExportFs {
+    table: RwLock<InodeTable>,
+    staff: Box<dyn StaffCheck>,
+    staff_gid: u32,
+    gdb_root: Arc<OwnedFd>,
+    log: Arc<dyn AccessLog>,
+    invalidator: OnceLock<Arc<dyn Invalidator>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, DirHandle>>,
+    /// Per case: a flag every open file of it shares; set when the case leaves.
+    revoked: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    next_fh: AtomicU64,
+    pub bytes_served: Arc<AtomicU64>,
+    pub open_files: Arc<AtomicU64>,
+}
+
+impl ExportFs {
+    pub fn new(
+        staff: Box<dyn StaffCheck>,
+        staff_gid: u32,
+        gdb_root: Arc<OwnedFd>,
+        log: Arc<dyn AccessLog>,
+        bytes_served: Arc<AtomicU64>,
+        open_files: Arc<AtomicU64>,
+    ) -> ExportFs {
+        ExportFs {
+            table: RwLock::new(InodeTable::default()),
+            staff,
+            staff_gid,
+            gdb_root,
+            log,
+            invalidator: OnceLock::new(),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            bytes_served,
+            open_files,
+        }
+    }
+
+    pub fn set_invalidator(&self, inv: Arc<dyn Invalidator>) {
+        let _ = self.invalidator.set(inv);
+    }
+
+    fn may_see(&self, c: &Caller, case: &ExportedCase) -> bool {
+        c.uid == case.owner_uid || self.staff.is_staff(c)
+    }
+
+    fn node(&self, ino: u64) -> Option<Node> {
+        self.table.read().ok().and_then(|t| t.get(ino).cloned())
+    }
+
+    fn root_attr(&self) -> Attr {
+        Attr {
+            ino: ROOT,
+            kind: Kind::Dir,
+            size: 0,
+            mtime_ns: 0,
+            perm: 0o555,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+        }
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> Attr {
+        let case = node.case();
+        match node {
+            Node::CaseDir { .. } => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime_ns: case.mtime_ns,
+                perm: 0o550,
+                uid: case.owner_uid,
+                gid: self.staff_gid,
+                nlink: 2,
+            },
+            Node::File { idx, .. } => {
+                let f = &case.files[*idx];
+                Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: f.size,
+                    mtime_ns: f.mtime_ns,
+                    perm: 0o440,
+                    uid: case.owner_uid,
+                    gid: self.staff_gid,
+                    nlink: 1,
+                }
+            }
+            Node::Sums { .. } => Attr {
+                ino,
+                kind: Kind::File,
+                size: case.sums.len() as u64,
+                mtime_ns: case.mtime_ns,
+                perm: 0o440,
+                uid: case.owner_uid,
+                gid: self.staff_gid,
+                nlink: 1,
+            },
+        }
+    }
+
+    /// Looks a name up; returns the attributes and how long the kernel may cache the entry.
+    pub fn lookup(&self, c: &Caller, parent: u64, name: &str) -> Result<(Attr, Duration), FsError> {
+        let t = self.table.read().map_err(|_| FsError::NotFound)?;
+        if parent == ROOT {
+            let dir = t.case_dir(name).ok_or(FsError::NotFound)?;
+            let node = t.get(dir).ok_or(FsError::NotFound)?;
+            if !self.may_see(c, node.case()) {
+                return Err(FsError::NotFound);
+            }
+            return Ok((self.attr_of(dir, node), CASE_ENTRY_TTL));
+        }
+        let node = t.get(parent).ok_or(FsError::NotFound)?;
+        if !matches!(node, Node::CaseDir { .. }) {
+            return Err(FsError::NotDir);
+        }
+        if !self.may_see(c, node.case()) {
+            return Err(FsError::NotFound);
+        }
+        let ino = t.child(parent, name).ok_or(FsError::NotFound)?;
+        let child = t.get(ino).ok_or(FsError::NotFound)?;
+        Ok((self.attr_of(ino, child), TTL))
+    }
+
+    pub fn getattr(&self, c: &Caller, ino: u64) -> Result<Attr, FsError> {
+        if ino == ROOT {
+            return Ok(self.root_attr());
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if !self.may_see(c, node.case()) {
+            return Err(FsError::NotFound);
+        }
+        Ok(self.attr_of(ino, &node))
+    }
+
+    /// Opens a directory: the listing is taken now, for this caller.
+    pub fn opendir(&self, c: &Caller, ino: u64) -> Result<u64, FsError> {
+        let t = self.table.read().map_err(|_| FsError::NotFound)?;
+        let entries = if ino == ROOT {
+            t.cases()
+                .filter_map(|(name, dir)| {
+                    t.get(dir)
+                        .filter(|n| self.may_see(c, n.case()))
+                        .map(|_| (dir, Kind::Dir, name.to_string()))
+                })
+                .collect()
+        } else {
+            let node = t.get(ino).ok_or(FsError::NotFound)?;
+            let Node::CaseDir { case, children } = node else {
+                return Err(FsError::NotDir);
+            };
+            if !self.may_see(c, case) {
+                return Err(FsError::NotFound);
+            }
+            let mut v: Vec<(u64, Kind, String)> = case
+                .files
+                .iter()
+                .zip(children)
+                .map(|(f, ino)| (*ino, Kind::File, f.name.clone()))
+                .collect();
+            if let Some(s) = children.last() {
+                v.push((*s, Kind::File, crate::domain::verify::SUMS_NAME.to_string()));
+            }
+            v
+        };
+        drop(t);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.dirs.lock() {
+            d.insert(fh, DirHandle { entries });
+        }
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on: (inode, kind, name, offset of the next entry).
+    /// `.` and `..` come first.
+    pub fn readdir(&self, dir_ino: u64, fh: u64, offset: u64) -> Result<Vec<(u64, Kind, String, u64)>, FsError> {
+        let d = self.dirs.lock().map_err(|_| FsError::BadHandle)?;
+        let h = d.get(&fh).ok_or(FsError::BadHandle)?;
+        let mut all = vec![(dir_ino, Kind::Dir, ".".to_string()), (ROOT, Kind::Dir, "..".to_string())];
+        all.extend(h.entries.iter().cloned());
+        Ok(all
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, k, n))| (ino, k, n, i as u64 + 1))
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.remove(&fh);
+        }
+    }
+
+    /// The flag shared by a visible case's open files; none once it left.
+    fn revoked_flag(&self, case_ref: &str) -> Option<Arc<AtomicBool>> {
+        self.revoked.lock().ok().and_then(|m| m.get(case_ref).cloned())
+    }
+
+    /// Opens a file read-only. The access is recorded before the open
+    /// succeeds; the backing file must be the verified one.
+    pub fn open(&self, c: &Caller, ino: u64, write: bool) -> Result<(u64, Arc<File>), FsError> {
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        let case = node.case().clone();
+        if !self.may_see(c, &case) {
+            return Err(FsError::NotFound);
+        }
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let (file, name, file_id, size) = match &node {
+            Node::CaseDir { .. } => return Err(FsError::IsDir),
+            Node::Sums { .. } => (
+                Arc::new(sums_file(&case.sums)?),
+                crate::domain::verify::SUMS_NAME.to_string(),
+                String::new(),
+                case.sums.len() as u64,
+            ),
+            Node::File { idx, .. } => {
+                let f = &case.files[*idx];
+                let file = match &f.backing {
+                    Backing::Staged(p) => std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(p)?,
+                    Backing::Gdb(rel) => open_beneath(&*self.gdb_root, rel).map_err(|e| FsError::Integrity(e.to_string()))?,
+                };
+                if let Some(id) = f.identity {
+                    let now = FileIdentity::of(&file.metadata()?);
+                    if now != id {
+                        error!(case = %case.case_ref, file_id = %f.file_id, "backing file changed since verification; open refused");
+                        return Err(FsError::Integrity("the backing file changed since it was verified".into()));
+                    }
+                }
+                (Arc::new(file), f.name.clone(), f.file_id.clone(), f.size)
+            }
+        };
+        let revoked = self.revoked_flag(&case.case_ref).ok_or(FsError::NotFound)?;
+        let access = Access {
+            case_ref: case.case_ref.clone(),
+            uid: c.uid,
+            pid: c.pid,
+            file: name,
+            file_id,
+            staff: c.uid != case.owner_uid,
+        };
+        self.log.opened(&access).map_err(FsError::AuditFailed)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let open = Arc::new(OpenFile {
+            file: file.clone(),
+            access,
+            size,
+            read: AtomicU64::new(0),
+            revoked,
+        });
+        if let Ok(mut f) = self.files.lock() {
+            f.insert(fh, open);
+        }
+        self.open_files.fetch_add(1, Ordering::Relaxed);
+        Ok((fh, file))
+    }
+
+    /// Reads up to `size` bytes at `offset`: the full length unless the file ends first.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let f = self
+            .files
+            .lock()
+            .map_err(|_| FsError::BadHandle)?
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        if f.revoked.load(Ordering::Acquire) {
+            return Err(FsError::Revoked);
+        }
+        let want = (size as u64).min(f.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let mut done = 0;
+        while done < want {
+            match f.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if done < want {
+            // The verified file is shorter than it was: never serve short data silently.
+            return Err(FsError::Integrity(format!(
+                "backing file ended after {} bytes",
+                offset + done as u64
+            )));
+        }
+        if f.revoked.load(Ordering::Acquire) {
+            return Err(FsError::Revoked);
+        }
+        f.read.fetch_add(done as u64, Ordering::Relaxed);
+        self.bytes_served.fetch_add(done as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    /// Bytes delivered through a passthrough open cannot be counted; the
+    /// adapter reports them as the file's size when it knows the reader got to the end.
+    pub fn release(&self, fh: u64, passthrough: bool) {
+        let f = self.files.lock().ok().and_then(|mut m| m.remove(&fh));
+        if let Some(f) = f {
+            self.open_files.fetch_sub(1, Ordering::Relaxed);
+            if !passthrough {
+                self.log.released(&f.access, f.read.load(Ordering::Relaxed), f.size);
+            }
+        }
+    }
+
+    pub fn getxattr(&self, c: &Caller, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        if ino == ROOT {
+            return Err(FsError::NoAttr);
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if !self.may_see(c, node.case()) {
+            return Err(FsError::NotFound);
+        }
+        let Node::File { case, idx } = &node else {
+            return Err(FsError::NoAttr);
+        };
+        let f = &case.files[*idx];
+        match name {
+            XATTR_FILE_ID => Ok(f.file_id.as_bytes().to_vec()),
+            XATTR_SHA256 => Ok(f.sha256.as_bytes().to_vec()),
+            _ => Err(FsError::NoAttr),
+        }
+    }
+
+    pub fn listxattr(&self, c: &Caller, ino: u64) -> Result<Vec<u8>, FsError> {
+        if ino == ROOT {
+            return Ok(Vec::new());
+        }
+        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        if !self.may_see(c, node.case()) {
+            return Err(FsError::NotFound);
+        }
+        Ok(match node {
+            Node::File { .. } => format!("{XATTR_FILE_ID}\0{XATTR_SHA256}\0").into_bytes(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn invalidate(&self, removed: &Removed) {
+        let Some(inv) = self.invalidator.get() else { return };
+        inv.entry(ROOT, &removed.case_ref);
+        for ino in removed.children.iter().chain(std::iter::once(&removed.dir)) {
+            inv.inode(*ino);
+        }
+    }
+
+    pub fn case_count(&self) -> usize {
+        self.table.read().map(|t| t.cases().count()).unwrap_or(0)
+    }
+}
+
+fn sums_file(bytes: &[u8]) -> std::io::Result<File> {
+    // SHA256SUMS lives in memory; an anonymous sealed memfd gives it a file
+    // descriptor like every other file, for both read paths.
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(
+        c"SHA256SUMS",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut f = File::from(fd);
+    f.write_all(bytes)?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own with an integer argument.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_ADD_SEALS, seals) };
+    Ok(f)
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+impl ExportListener for ExportFs {
+    fn published(&self, case: &ExportedCase) {
+        let case = Arc::new(case.clone());
+        if let Ok(mut m) = self.revoked.lock() {
+            m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false)));
+        }
+        let replaced = self.table.write().ok().and_then(|mut t| t.insert(case.clone()).1);
+        if let Some(r) = replaced {
+            self.invalidate(&r);
+        }
+        if let Some(inv) = self.invalidator.get() {
+            inv.entry(ROOT, &case.case_ref);
+        }
+    }
+
+    fn withdrawn(&self, case: &ExportedCase) {
+        if let Some(flag) = self.revoked.lock().ok().and_then(|mut m| m.remove(&case.case_ref)) {
+            flag.store(true, Ordering::Release);
+        }
+        let removed = self.table.write().ok().and_then(|mut t| t.remove(&case.case_ref));
+        match removed {
+            Some(r) => self.invalidate(&r),
+            None => warn!(case = %case.case_ref, "withdrawn case was not in the mount"),
+        }
+    }
+}
