@@ -61,6 +61,7 @@ struct RawConfig {
     mode: Option<Mode>,
     max_files_per_case: Option<i64>,
     case_ttl: Option<String>,
+    passthrough: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +78,8 @@ pub struct Config {
     pub mode: Mode,
     pub max_files_per_case: usize,
     pub case_ttl: Duration,
+    /// Use kernel FUSE passthrough for reads where the kernel offers it (default true).
+    pub passthrough: bool,
 }
 
 impl Config {
@@ -169,6 +172,7 @@ impl Config {
             mode: raw.mode.unwrap_or(Mode::Staged),
             max_files_per_case,
             case_ttl,
+            passthrough: raw.passthrough.unwrap_or(true),
         })
     }
 

@@ -75,7 +75,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = server::bind(&svc.cfg.socket).with_context(|| format!("cannot listen on {}", svc.cfg.socket.display()))?;
     let socket_path = svc.cfg.socket.clone();
     let fs = export_fs(&svc);
-    let passthrough = Arc::new(AtomicBool::new(false));
+    let passthrough = Arc::new(AtomicBool::new(svc.cfg.passthrough));
     let mount_point = svc.cfg.mount_point.clone();
     let mounted = tokio::task::spawn_blocking({
         let fs = fs.clone();
@@ -94,7 +94,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let read_path = if passthrough.load(Ordering::Acquire) {
         "kernel passthrough (reads go straight to the backing files)"
     } else {
-        "user space (this kernel offers no FUSE passthrough)"
+        if svc.cfg.passthrough {
+            "user space (this kernel offers no FUSE passthrough)"
+        } else {
+            "user space (passthrough = false in the config)"
+        }
     };
     if let Ok(mut m) = svc.mount_info.write() {
         *m = Some((true, read_path.to_string()));

@@ -556,3 +556,309 @@ impl ExportListener for ExportFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::table::{ExportTable, ExportedFile};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const STAFF_UID: u32 = 1500;
+    const OWNERS: [u32; 2] = [2001, 2002];
+
+    struct FakeStaff;
+    impl StaffCheck for FakeStaff {
+        fn is_staff(&self, c: &Caller) -> bool {
+            c.uid == 0 || c.uid == STAFF_UID
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeLog {
+        fail: AtomicBool,
+        opened: Mutex<Vec<Access>>,
+        released: Mutex<Vec<(Access, u64)>>,
+    }
+    impl AccessLog for FakeLog {
+        fn opened(&self, a: &Access) -> Result<(), String> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err("disk full".into());
+            }
+            self.opened.lock().map_err(|e| e.to_string())?.push(a.clone());
+            Ok(())
+        }
+        fn released(&self, a: &Access, bytes: u64, _size: u64) {
+            if let Ok(mut r) = self.released.lock() {
+                r.push((a.clone(), bytes));
+            }
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        table: Arc<ExportTable>,
+        fs: Arc<ExportFs>,
+        log: Arc<FakeLog>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root: OwnedFd = File::open(dir.path()).unwrap_or_else(|e| panic!("{e}")).into();
+        let log = Arc::new(FakeLog::default());
+        let fs = Arc::new(ExportFs::new(
+            Box::new(FakeStaff),
+            3000,
+            Arc::new(root),
+            log.clone(),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        ));
+        let table = ExportTable::new();
+        table.listen(fs.clone());
+        Fixture { dir, table, fs, log }
+    }
+
+    fn content(case: &str, file: &str) -> Vec<u8> {
+        format!("@{case}/{file}\nACGTACGTNN\n+\n##########\n").repeat(3).into_bytes()
+    }
+
+    impl Fixture {
+        fn publish(&self, case: &str, owner: u32, files: &[&str]) {
+            let mut exported = Vec::new();
+            for f in files {
+                let data = content(case, f);
+                let path = self.dir.path().join(format!("{case}-{f}"));
+                std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{e}"));
+                exported.push(ExportedFile {
+                    name: f.to_string(),
+                    file_id: format!("ID-{f}"),
+                    sha256: crate::audit::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data)),
+                    size: data.len() as u64,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                    backing: Backing::Staged(path),
+                    identity: None,
+                });
+            }
+            let sums = crate::receipt::format_sums(exported.iter().map(|f| (f.name.as_str(), f.sha256.as_str()))).into_bytes();
+            self.table.publish(ExportedCase {
+                case_ref: case.into(),
+                department: "D".into(),
+                owner_uid: owner,
+                mtime_ns: 1_700_000_000_000_000_000,
+                files: exported,
+                sums,
+            });
+        }
+    }
+
+    fn who(uid: u32) -> Caller {
+        Caller { uid, gid: uid, pid: 4242 }
+    }
+
+    fn list(fs: &ExportFs, c: &Caller, ino: u64) -> Result<Vec<String>, FsError> {
+        let fh = fs.opendir(c, ino)?;
+        let names = fs
+            .readdir(ino, fh, 0)?
+            .into_iter()
+            .map(|e| e.2)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        fs.releasedir(fh);
+        Ok(names)
+    }
+
+    fn read_all(fs: &ExportFs, c: &Caller, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (fh, _) = fs.open(c, ino, false)?;
+        let mut out = Vec::new();
+        loop {
+            let chunk = fs.read(fh, out.len() as u64, 7)?;
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(chunk);
+        }
+        fs.release(fh, false);
+        Ok(out)
+    }
+
+    #[test]
+    fn isolation_readonly_xattrs_and_sums() {
+        let f = fixture();
+        f.publish("R-A", 2001, &["a b.fastq.gz", "x.spring"]);
+        f.publish("R-B", 2002, &["y.fastq"]);
+        let (a, b, staff) = (who(2001), who(2002), who(STAFF_UID));
+        assert_eq!(list(&f.fs, &a, ROOT).ok(), Some(vec!["R-A".to_string()]));
+        assert_eq!(list(&f.fs, &b, ROOT).ok(), Some(vec!["R-B".to_string()]));
+        assert_eq!(list(&f.fs, &staff, ROOT).ok(), Some(vec!["R-A".to_string(), "R-B".to_string()]));
+        assert!(matches!(f.fs.lookup(&b, ROOT, "R-A"), Err(FsError::NotFound)));
+        let (dir, ttl) = f.fs.lookup(&a, ROOT, "R-A").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ttl, CASE_ENTRY_TTL);
+        assert_eq!((dir.uid, dir.gid, dir.perm), (2001, 3000, 0o550));
+        assert!(matches!(f.fs.opendir(&b, dir.ino), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.lookup(&b, dir.ino, "x.spring"), Err(FsError::NotFound)));
+        let (file, _) = f.fs.lookup(&a, dir.ino, "a b.fastq.gz").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(f.fs.open(&b, file.ino, false), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.open(&a, file.ino, true), Err(FsError::ReadOnly)));
+        assert!(matches!(f.fs.getxattr(&b, file.ino, XATTR_SHA256), Err(FsError::NotFound)));
+        assert_eq!(f.fs.getxattr(&a, file.ino, XATTR_FILE_ID).ok(), Some(b"ID-a b.fastq.gz".to_vec()));
+        assert!(matches!(f.fs.getxattr(&a, file.ino, "user.other"), Err(FsError::NoAttr)));
+        assert_eq!(read_all(&f.fs, &a, file.ino).ok(), Some(content("R-A", "a b.fastq.gz")));
+        let (sums, _) = f.fs.lookup(&a, dir.ino, "SHA256SUMS").unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(read_all(&f.fs, &staff, sums.ino).unwrap_or_default()).unwrap_or_default();
+        assert!(text.contains("  a b.fastq.gz\n") && text.contains("  x.spring\n"), "{text}");
+        assert_eq!(
+            list(&f.fs, &a, dir.ino).ok(),
+            Some(vec!["a b.fastq.gz".into(), "x.spring".into(), "SHA256SUMS".into()])
+        );
+        let opened = f.log.opened.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(opened.len(), 2);
+        assert!(!opened[0].staff && opened[1].staff);
+        let released = f.log.released.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(released[0].1, content("R-A", "a b.fastq.gz").len() as u64);
+    }
+
+    #[test]
+    fn failing_access_log_refuses_the_open() {
+        let f = fixture();
+        f.publish("R", 2001, &["a.fq"]);
+        let a = who(2001);
+        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
+        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
+        f.log.fail.store(true, Ordering::Relaxed);
+        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::AuditFailed(_))));
+        assert_eq!(f.fs.open_files.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reader_inside_a_withdrawn_case_gets_errors_not_short_data() {
+        let f = fixture();
+        f.publish("R", 2001, &["a.fq"]);
+        let a = who(2001);
+        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
+        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
+        let (fh, _) = f.fs.open(&a, file.ino, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.fs.read(fh, 0, 4).ok(), Some(b"@R/a".to_vec()));
+        f.table.withdraw("R");
+        assert!(matches!(f.fs.read(fh, 4, 4), Err(FsError::Revoked)));
+        assert!(matches!(f.fs.getattr(&a, file.ino), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.lookup(&a, ROOT, "R"), Err(FsError::NotFound)));
+    }
+
+    #[test]
+    fn a_changed_backing_file_is_refused() {
+        let f = fixture();
+        f.publish("R", 2001, &["a.fq"]);
+        let a = who(2001);
+        let case = f.table.get("R").unwrap_or_else(|| panic!("published"));
+        let mut changed = (*case).clone();
+        let Backing::Staged(p) = changed.files[0].backing.clone() else {
+            panic!("staged")
+        };
+        let meta = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{e}"));
+        changed.files[0].identity = Some(FileIdentity::of(&meta));
+        f.table.publish(changed);
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&p, b"tampered").unwrap_or_else(|e| panic!("{e}"));
+        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
+        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::Integrity(_))));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish { case: u8, owner: usize, files: BTreeSet<u8> },
+        Withdraw(u8),
+        List(usize),
+        Read { who: usize, case: u8, file: u8 },
+        OpenThenWithdraw { case: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, 0usize..2, proptest::collection::btree_set(0u8..4, 0..4)).prop_map(|(case, owner, files)| Op::Publish {
+                case,
+                owner,
+                files
+            }),
+            (0u8..4).prop_map(Op::Withdraw),
+            (0usize..4).prop_map(Op::List),
+            (0usize..4, 0u8..4, 0u8..4).prop_map(|(who, case, file)| Op::Read { who, case, file }),
+            (0u8..4).prop_map(|case| Op::OpenThenWithdraw { case }),
+        ]
+    }
+
+    /// Callers: the two owners, staff, and an account that owns nothing.
+    fn caller_of(i: usize) -> Caller {
+        who([OWNERS[0], OWNERS[1], STAFF_UID, 4242][i])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn core_matches_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let f = fixture();
+            let mut model: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
+            for o in ops {
+                match o {
+                    Op::Publish { case, owner, files } => {
+                        let name = format!("C{case}");
+                        if model.contains_key(&name) { continue; }
+                        let files: Vec<String> = files.iter().map(|x| format!("f{x}.fq")).collect();
+                        let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+                        f.publish(&name, OWNERS[owner], &refs);
+                        model.insert(name, (OWNERS[owner], files));
+                    }
+                    Op::Withdraw(case) => {
+                        let name = format!("C{case}");
+                        prop_assert_eq!(f.table.withdraw(&name), model.remove(&name).is_some());
+                    }
+                    Op::List(i) => {
+                        let c = caller_of(i);
+                        let staff = c.uid == STAFF_UID;
+                        let want: Vec<String> = model.iter().filter(|(_, (o, _))| staff || *o == c.uid).map(|(k, _)| k.clone()).collect();
+                        prop_assert_eq!(list(&f.fs, &c, ROOT).ok(), Some(want));
+                    }
+                    Op::Read { who, case, file } => {
+                        let c = caller_of(who);
+                        let name = format!("C{case}");
+                        let fname = format!("f{file}.fq");
+                        let visible = model.get(&name).filter(|(o, _)| c.uid == STAFF_UID || *o == c.uid);
+                        match f.fs.lookup(&c, ROOT, &name) {
+                            Ok((dir, _)) => {
+                                prop_assert!(visible.is_some());
+                                let has = visible.map(|(_, fs)| fs.contains(&fname)).unwrap_or(false);
+                                match f.fs.lookup(&c, dir.ino, &fname) {
+                                    Ok((file, _)) => {
+                                        prop_assert!(has);
+                                        let got = read_all(&f.fs, &c, file.ino);
+                                        prop_assert_eq!(got.ok(), Some(content(&name, &fname)));
+                                    }
+                                    Err(e) => prop_assert!(!has && matches!(e, FsError::NotFound)),
+                                }
+                            }
+                            Err(e) => prop_assert!(visible.is_none() && matches!(e, FsError::NotFound)),
+                        }
+                    }
+                    Op::OpenThenWithdraw { case } => {
+                        let name = format!("C{case}");
+                        let Some((owner, files)) = model.get(&name).cloned() else { continue };
+                        let Some(first) = files.first() else { continue };
+                        let c = who(owner);
+                        let dir = f.fs.lookup(&c, ROOT, &name).map(|x| x.0.ino);
+                        let file = dir.and_then(|d| f.fs.lookup(&c, d, first)).map(|x| x.0.ino);
+                        let fh = file.and_then(|i| f.fs.open(&c, i, false)).map(|x| x.0);
+                        prop_assert!(fh.is_ok());
+                        let fh = fh.unwrap_or(0);
+                        f.table.withdraw(&name);
+                        model.remove(&name);
+                        prop_assert!(matches!(f.fs.read(fh, 0, 16), Err(FsError::Revoked)));
+                        f.fs.release(fh, false);
+                    }
+                }
+            }
+            prop_assert_eq!(f.fs.case_count(), model.len());
+        }
+    }
+}

@@ -89,6 +89,8 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
+    /// `passthrough` says on entry whether passthrough may be used, and after
+    /// `init` whether it is.
     pub fn new(core: Arc<ExportFs>, passthrough: Arc<AtomicBool>) -> FuseAdapter {
         FuseAdapter {
             core,
@@ -109,13 +111,15 @@ impl FuseAdapter {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(u32::MAX).or_else(|max| config.set_max_readahead(max));
-        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+        if self.passthrough.load(Ordering::Acquire)
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok()
         {
             self.passthrough.store(true, Ordering::Release);
             info!("kernel passthrough enabled: reads are served by the kernel from the backing files");
         } else {
+            self.passthrough.store(false, Ordering::Release);
             info!("kernel passthrough unavailable: reads are served in user space");
         }
         Ok(())
