@@ -1,0 +1,277 @@
+"""The measurements behind BENCHMARKS.md; run through scripts/bench."""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+XFER_UID = 64101
+STAFF_GID = 64100
+MiB = 1 << 20
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def as_xfer(cmd):
+    return ["setpriv", f"--reuid={XFER_UID}", f"--regid={XFER_UID}", "--clear-groups", *cmd]
+
+
+def write_random(path, size):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open("/dev/urandom", "rb") as src, open(path, "wb") as dst:
+        left = size
+        while left:
+            chunk = src.read(min(left, 16 * MiB))
+            dst.write(chunk)
+            left -= len(chunk)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Daemon:
+    """One workcopy daemon over a shared GDB, with its own state and mount."""
+
+    def __init__(self, bin_, base, gdb, name, mode, passthrough):
+        self.bin = bin_
+        self.dir = os.path.join(base, name)
+        self.mnt = os.path.join(self.dir, "mnt")
+        self.sock = os.path.join(self.dir, "control.sock")
+        os.makedirs(self.mnt)
+        os.chmod(self.dir, 0o755)
+        self.config = os.path.join(self.dir, "workcopy.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'gdb_root = "{gdb}"\nstate_dir = "{self.dir}/state"\nmount_point = "{self.mnt}"\n'
+                f'socket = "{self.sock}"\ndirectory = "{base}/directory.toml"\nstaff_group = {STAFF_GID}\n'
+                f'mode = "{mode}"\npassthrough = {"true" if passthrough else "false"}\nmax_files_per_case = 20\n'
+            )
+        self.log = open(os.path.join(self.dir, "daemon.log"), "w")
+        self.proc = subprocess.Popen([self.bin, "--config", self.config, "serve"], stderr=self.log, stdout=self.log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(self.sock)
+                s.close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"daemon {name} did not start; see {self.dir}/daemon.log")
+
+    def cli(self, *args, capture=False):
+        return run([self.bin, "--config", self.config, *args], capture_output=capture, text=True)
+
+    def status(self):
+        return json.loads(self.cli("status", "--json", capture=True).stdout)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def read_file(path, bs=MiB):
+    fd = os.open(path, os.O_RDONLY)
+    buf = bytearray(bs)
+    view = memoryview(buf)
+    try:
+        while os.readv(fd, [view]) > 0:
+            pass
+    finally:
+        os.close(fd)
+
+
+def alternate(runs, variants):
+    """Runs each variant once per round, round after round; returns medians."""
+    times = {name: [] for name in variants}
+    for _ in range(runs):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(v) for name, v in times.items()}, times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small sizes: checks the script, measures nothing")
+    args = ap.parse_args()
+    big = (64 if args.quick else 2048) * MiB
+    case_file = (4 if args.quick else 128) * MiB
+    runs = 2 if args.quick else args.runs
+
+    base = tempfile.mkdtemp(prefix="workcopy-bench.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    os.chmod(base, 0o755)
+    shm = tempfile.mkdtemp(prefix="workcopy-bench.", dir="/dev/shm")
+    os.chown(shm, XFER_UID, XFER_UID)
+    daemons = []
+    results = {}
+    try:
+        gdb = os.path.join(base, "gdb")
+        print(f"generating {big // MiB} MiB + 20 x {case_file // MiB} MiB + 20 x 1 MiB + 1000 small files in {gdb}", flush=True)
+        rows = []
+        def add(fid, rel, size, tiny=False):
+            p = os.path.join(gdb, rel)
+            if tiny:
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(rel.encode())
+            else:
+                write_random(p, size)
+            rows.append((fid, rel, os.path.getsize(p), sha256(p)))
+        add("BIG", "big/sample.fastq", big)
+        for i in range(20):
+            add(f"C{i:02d}", f"case/S{i:02d}_R1.fastq.gz", case_file)
+        for i in range(20):
+            add(f"M{i:02d}", f"small/S{i:02d}.fastq.gz", MiB)
+        for i in range(1000):
+            add(f"T{i:04d}", f"tiny/T{i:04d}.fastq", 0, tiny=True)
+        with open(os.path.join(base, "catalog.tsv"), "w") as f:
+            f.write("file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n")
+            for fid, rel, size, digest in rows:
+                f.write(f"{fid}\t{rel}\tBENCH\t{size}\t{digest}\t2025-03-01T10:00:00Z\n")
+        with open(os.path.join(base, "directory.toml"), "w") as f:
+            f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
+                    '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
+
+        direct_pt = Daemon(args.bin, base, gdb, "direct-passthrough", "direct", True)
+        daemons.append(direct_pt)
+        direct_us = Daemon(args.bin, base, gdb, "direct-userspace", "direct", False)
+        daemons.append(direct_us)
+        staged = Daemon(args.bin, base, gdb, "staged", "staged", True)
+        daemons.append(staged)
+        for d in daemons:
+            d.cli("catalog", "import", os.path.join(base, "catalog.tsv"), capture=True)
+        print("read paths:", direct_pt.status()["read_path"], "|", direct_us.status()["read_path"], flush=True)
+
+        # 1. Sequential read of the big file.
+        for d in (direct_pt, direct_us):
+            d.cli("case", "open", "BIG", "--requester", "bench@example", "BIG", capture=True)
+            d.cli("case", "approve", "BIG", capture=True)
+        direct = os.path.join(gdb, "big/sample.fastq")
+        read_file(direct)
+        med, _ = alternate(runs, {
+            "direct": lambda: read_file(direct),
+            "passthrough": lambda: read_file(os.path.join(direct_pt.mnt, "BIG/sample.fastq")),
+            "userspace": lambda: read_file(os.path.join(direct_us.mnt, "BIG/sample.fastq")),
+        })
+        gbps = lambda s: big / s / 1e9
+        results["read"] = {k: {"seconds": v, "GB/s": gbps(v), "ratio": med["direct"] / v} for k, v in med.items()}
+
+        # 2. rsync -a of a 20-file case as the transfer uid.
+        case_files = [f"C{i:02d}" for i in range(20)]
+        for d in (direct_pt, direct_us):
+            d.cli("case", "open", "CASE20", "--requester", "bench@example", *case_files, capture=True)
+            d.cli("case", "approve", "CASE20", capture=True)
+        src_direct = os.path.join(gdb, "case") + "/"
+        def rsync_from(src):
+            def go():
+                dest = os.path.join(shm, "dest")
+                run(as_xfer(["rsync", "-a", src, dest + "/"]))
+                shutil.rmtree(dest)
+            return go
+        med, _ = alternate(max(3, runs - 2), {
+            "direct": rsync_from(src_direct),
+            "passthrough": rsync_from(os.path.join(direct_pt.mnt, "CASE20") + "/"),
+            "userspace": rsync_from(os.path.join(direct_us.mnt, "CASE20") + "/"),
+        })
+        total = 20 * case_file
+        results["rsync"] = {k: {"seconds": v, "GB/s": total / v / 1e9, "ratio": med["direct"] / v} for k, v in med.items()}
+
+        # 3. Staged approval of that case against cp -r + openssl dgst -sha256.
+        copy_dir = os.path.join(base, "cp-baseline")
+        n = [0]
+        def approve():
+            n[0] += 1
+            ref = f"STAGE{n[0]}"
+            staged.cli("case", "open", ref, "--requester", "bench@example", *case_files, capture=True)
+            staged.cli("case", "approve", ref, capture=True)
+            staged.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+        def cp_hash():
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
+            run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null"])
+            shutil.rmtree(copy_dir)
+        med, _ = alternate(max(3, runs - 2), {"cp+openssl": cp_hash, "approve": approve})
+        results["staged_approval"] = {k: {"seconds": v, "ratio": med["cp+openssl"] / v} for k, v in med.items()}
+
+        # 4. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
+        small = [f"M{i:02d}" for i in range(20)]
+        lat = []
+        for i in range(max(5, runs)):
+            ref = f"SMALL{i}"
+            direct_pt.cli("case", "open", ref, "--requester", "bench@example", *small, capture=True)
+            path = os.path.join(direct_pt.mnt, ref)
+            t = time.perf_counter()
+            direct_pt.cli("case", "approve", ref, "--no-wait", capture=True)
+            while True:
+                try:
+                    if len(os.listdir(path)) == 21:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            lat.append(time.perf_counter() - t)
+            direct_pt.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+        results["approve_to_listable_ms"] = {"median": statistics.median(lat) * 1e3, "max": max(lat) * 1e3, "runs": len(lat)}
+
+        # 5. 1,000 exported cases listed.
+        for i in range(1000):
+            direct_us.cli("case", "open", f"L{i:04d}", "--requester", "bench@example", f"T{i:04d}", capture=True)
+            direct_us.cli("case", "approve", f"L{i:04d}", "--no-wait", capture=True)
+        deadline = time.time() + 300
+        while direct_us.status()["cases"] and time.time() < deadline:
+            counts = dict(direct_us.status()["cases"])
+            if counts.get("approved", 0) == 0:
+                break
+            time.sleep(0.5)
+        listing = []
+        for _ in range(max(7, runs)):
+            t = time.perf_counter()
+            names = os.listdir(direct_us.mnt)
+            listing.append(time.perf_counter() - t)
+        results["list_1000_cases_ms"] = {"median": statistics.median(listing) * 1e3, "entries": len(names)}
+
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+        results["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "kernel": os.uname().release, "runs": runs, "quick": args.quick}
+        print(json.dumps(results, indent=2))
+        print()
+        r = results
+        print(f"sequential read of {big // MiB} MiB: passthrough {r['read']['passthrough']['ratio']:.2f}, user space {r['read']['userspace']['ratio']:.2f} of direct ({r['read']['direct']['GB/s']:.2f} GB/s)")
+        print(f"rsync -a of 20 x {case_file // MiB} MiB as the transfer uid: passthrough {r['rsync']['passthrough']['ratio']:.2f}, user space {r['rsync']['userspace']['ratio']:.2f} of direct")
+        print(f"staged approval vs cp -r + openssl dgst: {r['staged_approval']['approve']['ratio']:.2f} (>1 is faster); approve {r['staged_approval']['approve']['seconds']:.2f}s, baseline {r['staged_approval']['cp+openssl']['seconds']:.2f}s")
+        print(f"approve --no-wait to listable (20 x 1 MiB, direct): median {r['approve_to_listable_ms']['median']:.1f} ms, max {r['approve_to_listable_ms']['max']:.1f} ms")
+        print(f"listing 1,000 exported cases: median {r['list_1000_cases_ms']['median']:.2f} ms ({r['list_1000_cases_ms']['entries']} entries)")
+    finally:
+        for d in daemons:
+            try:
+                d.stop()
+            except Exception as e:  # noqa: BLE001 - cleanup continues
+                print(f"stopping a daemon: {e}", file=sys.stderr)
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
