@@ -598,8 +598,10 @@ fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
         else {
             return Err(unexpected());
         };
+        // The state and the mount are read one after the other: done only when both say so.
+        let readable = v.case.state == CaseState::Exported && v.visible;
         match v.case.state {
-            CaseState::Approved => {
+            CaseState::Approved | CaseState::Exported if !readable => {
                 if let (true, Some((done, total))) = (tty, v.staging) {
                     eprint!("\r{}", progress_line(done, total, started.elapsed()));
                     let _ = std::io::stderr().flush();

@@ -360,7 +360,9 @@ impl Service {
         if *role != Role::Staff {
             redact(&mut case);
         }
+        let visible = self.exports.get(&case.case_ref).is_some();
         Ok(CaseView {
+            visible,
             case,
             files,
             staging,
@@ -520,7 +522,6 @@ impl Service {
                     r
                 }
                 Err(reason) => {
-                    warn!(case = %case_ref, "staging failed; case blocked");
                     let _ = std::fs::remove_dir_all(staging::case_dir(&svc.cfg.staging_dir(), &case_ref));
                     svc.store
                         .transition(
@@ -532,8 +533,15 @@ impl Service {
                         .await
                 }
             };
-            if let Err(e) = result {
-                error!(case = %case_ref, error = %e, "could not record the end of staging");
+            match result {
+                Ok(rec) if rec.event == "blocked" => warn!(case = %case_ref, "staging failed; case blocked"),
+                Ok(_) => {}
+                // Closed or rejected while staging: the close already cleaned up.
+                Err(StoreError::Conflict { actual, .. }) if actual.is_terminal() => {
+                    info!(case = %case_ref, state = %actual, "staging ended after the case was closed");
+                    let _ = std::fs::remove_dir_all(staging::case_dir(&svc.cfg.staging_dir(), &case_ref));
+                }
+                Err(e) => error!(case = %case_ref, error = %e, "could not record the end of staging"),
             }
             if let Ok(mut jobs) = svc.jobs.lock() {
                 jobs.remove(&case_ref);

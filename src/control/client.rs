@@ -1,7 +1,7 @@
 //! The CLI's side of the control socket (blocking; one request, one reply).
 
 use super::frame::{FrameError, recv_blocking, send_blocking};
-use super::proto::{MAX_REPLY, Request, Response};
+use super::proto::{MAX_REPLY, MAX_REQUEST, Request, Response};
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -14,6 +14,8 @@ pub enum ClientError {
     Frame(#[from] FrameError),
     #[error("the daemon's reply is malformed: {0}")]
     Decode(String),
+    #[error("the request is {0} bytes, more than the limit of {1} bytes; send fewer or shorter descriptors")]
+    TooLarge(usize, usize),
 }
 
 pub struct Client {
@@ -35,7 +37,16 @@ impl Client {
 
     pub fn call_with_fds(&mut self, req: &Request, fds: &[RawFd]) -> Result<Response, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
-        send_blocking(&mut self.sock, &body, fds)?;
+        if body.len() > MAX_REQUEST {
+            return Err(ClientError::TooLarge(body.len(), MAX_REQUEST));
+        }
+        if let Err(e) = send_blocking(&mut self.sock, &body, fds) {
+            // The daemon may have refused the request and closed: its reply says why.
+            return match recv_blocking(&mut self.sock, MAX_REPLY) {
+                Ok(reply) => serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string())),
+                Err(_) => Err(e.into()),
+            };
+        }
         let reply = recv_blocking(&mut self.sock, MAX_REPLY)?;
         serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))
     }

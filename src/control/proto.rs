@@ -132,6 +132,9 @@ pub struct CaseView {
     pub staging: Option<(u64, u64)>,
     /// Why the case is blocked, when it is.
     pub blocked_reason: Option<String>,
+    /// Whether the case directory is in the mount now.
+    #[serde(default)]
+    pub visible: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
