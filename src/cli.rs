@@ -59,6 +59,12 @@ pub enum Command {
     /// Check the case logs' hash chains
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example:\n  workcopy completions bash > /usr/share/bash-completion/completions/workcopy")]
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (workcopy.1 and one per command) into a directory
+    #[command(after_help = "Example:\n  workcopy man /usr/local/share/man/man1")]
+    Man { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -374,6 +380,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Case(cmd) => case(&cli, cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "workcopy", &mut out);
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().write_all(&out);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir).map_err(|e| Failure::refused(format!("cannot create {}: {e}", dir.display())))?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, dir).map_err(|e| Failure::refused(format!("cannot write the manual pages: {e}")))?;
+            println!("manual pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => {
             let text = std::fs::read_to_string(path).map_err(|e| Failure::refused(format!("cannot read {}: {e}", path.display())))?;
             match crate::audit::verify_sealed(&text) {

@@ -498,13 +498,26 @@ impl Env {
     /// Starts the daemon and waits until it answers on its socket (a `status`
     /// round trip, so recovery at start is over).
     pub fn start(&mut self) {
+        self.start_with(&[], &[]);
+    }
+
+    /// Starts the daemon through a wrapper that execs it (e.g. `setpriv …` or
+    /// `unshare …`), with extra environment variables.
+    pub fn start_with(&mut self, wrapper: &[&str], envs: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -514,6 +527,7 @@ impl Env {
             .env_remove("NOTIFY_SOCKET")
             .env("WORKCOPY_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));

@@ -1,0 +1,159 @@
+//! The service as systemd runs it: the unit verifies and scores, the daemon
+//! speaks the notify protocol, it works with only the unit's capabilities,
+//! and a mount namespace (what PrivateTmp=, ProtectSystem= and friends set
+//! up) would hide the export from the host, which is why the unit uses none.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/workcopy.service");
+
+fn approve_a_case(env: &Env, case_ref: &str) {
+    env.cli(&["case", "open", case_ref, "--requester", ALICE, "GDB-0001"]).ok();
+    env.cli(&["case", "approve", case_ref]).ok();
+}
+
+#[test]
+fn the_unit_verifies_and_its_exposure_stays_low() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The unit as installed: ExecStart pointing at a real binary, man page present.
+    let unit = std::fs::read_to_string(UNIT).unwrap().replace("/usr/local/bin/workcopy", BIN);
+    let path = tmp.path().join("workcopy.service");
+    std::fs::write(&path, unit).unwrap();
+    let man = tmp.path().join("man/man1");
+    assert!(Command::new(BIN).arg("man").arg(&man).status().unwrap().success());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("MANPATH", tmp.path().join("man"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
+
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let level: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(level <= 4.0, "exposure {level} (was 3.7): {line}");
+    // No option that would put the daemon in its own mount namespace.
+    for opt in [
+        "PrivateTmp=",
+        "ProtectSystem=",
+        "ProtectHome=",
+        "PrivateDevices=",
+        "PrivateMounts=",
+        "ProtectKernelTunables=",
+    ] {
+        assert!(
+            !std::fs::read_to_string(UNIT).unwrap().lines().any(|l| l.starts_with(opt)),
+            "{opt} would hide the mount"
+        );
+    }
+}
+
+#[test]
+fn the_daemon_speaks_the_notify_protocol() {
+    let mut env = Env::new();
+    let sock_path = env.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    env.start_with(&[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 4096];
+    let recv = |buf: &mut [u8]| {
+        let n = sock.recv(buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ready = recv(&mut buf);
+    assert!(ready.contains("READY=1") && ready.contains("STATUS="), "{ready}");
+    assert!(env.mounted(), "READY=1 is sent only once the export is mounted");
+    env.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(recv(&mut buf).contains("RELOADING=1"));
+    assert!(recv(&mut buf).contains("READY=1"));
+    env.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut stopping = false;
+    for _ in 0..5 {
+        if recv(&mut buf).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping);
+    assert_eq!(env.stop(), Some(0));
+    assert!(!env.mounted(), "stop unmounts");
+}
+
+#[test]
+fn the_daemon_works_with_only_the_units_capabilities() {
+    let mut env = Env::new();
+    // A GDB file readable by its owner only: CAP_DAC_READ_SEARCH must suffice.
+    let f = env.gdb_path("GDB-0001");
+    std::os::unix::fs::chown(&f, Some(7777), Some(7777)).unwrap();
+    chmod(&f, 0o400);
+    env.start_with(
+        &[
+            "setpriv",
+            "--bounding-set=-all,+sys_admin,+dac_read_search",
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ],
+        &[],
+    );
+    env.import_catalog();
+    approve_a_case(&env, "CAPS-1");
+    let status = env.cli(&["status", "--json"]).ok().json();
+    assert_eq!(status["mounted"], true, "{status}");
+    assert!(status["read_path"].as_str().unwrap().contains("passthrough"), "{status}");
+    let out = env.cli(&["case", "show", "CAPS-1", "--json"]).ok().json();
+    let name = out["files"][0]["export_name"].as_str().unwrap().to_string();
+    let out = Command::new("setpriv")
+        .args([&format!("--reuid={UID_A1}"), &format!("--regid={UID_A1}"), "--clear-groups", "cat"])
+        .arg(env.mnt.join("CAPS-1").join(&name))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sha256_hex(&out.stdout), env.file("GDB-0001").sha256);
+}
+
+#[test]
+fn a_private_mount_namespace_would_hide_the_export_from_the_host() {
+    let mut env = Env::new();
+    // What systemd does for PrivateTmp=, ProtectSystem=, ProtectHome= and the like.
+    env.start_with(&["unshare", "--mount", "--propagation", "slave"], &[]);
+    env.import_catalog();
+    approve_a_case(&env, "NS-1");
+    let inside = Command::new("nsenter")
+        .args(["-t", &env.pid().to_string(), "-m", "ls"])
+        .arg(env.mnt.join("NS-1"))
+        .output()
+        .unwrap();
+    assert!(inside.status.success(), "inside the daemon's namespace the case is there");
+    assert!(!is_mount(&env.mnt), "the host sees no mount at {}", env.mnt.display());
+    assert!(!env.mnt.join("NS-1").exists(), "the host cannot see the case");
+}
+
+fn is_mount(p: &Path) -> bool {
+    Command::new("mountpoint")
+        .arg("-q")
+        .arg(p)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
