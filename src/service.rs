@@ -757,11 +757,13 @@ impl Service {
 
     /// Expires exported cases older than `case_ttl`.
     pub async fn expire_due(&self) -> Result<usize, Refusal> {
-        let ttl = self.cfg.case_ttl.as_secs() as i64;
+        // `state_since` is whole seconds, rounded down: expire only once a
+        // whole `case_ttl` has surely passed, never early.
+        let ttl = self.cfg.case_ttl.as_secs_f64().ceil() as i64;
         let now = unix_now();
         let mut n = 0;
         for c in self.store.list_cases(Some(CaseState::Exported), None).await? {
-            if c.state_since.saturating_add(ttl) > now {
+            if c.state_since.saturating_add(ttl) >= now {
                 continue;
             }
             let details =
