@@ -794,7 +794,12 @@ impl Service {
                     let files = self.store.case_files(&c.case_ref).await?;
                     match self.restore(&c.case_ref, c.department.as_deref().unwrap_or_default(), &files).await {
                         Ok(case) => self.exports.publish(case),
-                        Err(e) => error!(case = %c.case_ref, error = %e, "cannot restore exported case; it stays hidden"),
+                        Err(reason) => {
+                            // The reason names GDB paths: it goes to the case log, not the journal.
+                            error!(case = %c.case_ref, "cannot restore exported case; it stays hidden (see its case log)");
+                            let ev = NewEvent::new(&Actor::system(), "restore_failed", json!({"reason": reason}));
+                            self.store.append(&c.case_ref, ev).await?;
+                        }
                     }
                 }
                 s if s.is_terminal() => {

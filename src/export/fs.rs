@@ -378,7 +378,9 @@ impl ExportFs {
                         .read(true)
                         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                         .open(p)?,
-                    Backing::Gdb(rel) => open_beneath(&*self.gdb_root, rel).map_err(|e| FsError::Integrity(e.to_string()))?,
+                    // The error names the catalog path; logs get only the file id.
+                    Backing::Gdb(rel) => open_beneath(&*self.gdb_root, rel)
+                        .map_err(|_| FsError::Integrity(format!("GDB file {} cannot be opened beneath gdb_root", f.file_id)))?,
                 };
                 if let Some(id) = f.identity {
                     let now = FileIdentity::of(&file.metadata()?);

@@ -1,0 +1,613 @@
+//! The catalog at national scale: an import of 1,000,000 rows and descriptor
+//! resolution against that catalog.
+//!
+//! `cargo bench --bench catalog [-- --rows N --runs N --lookups N]`
+//!
+//! Generates a realistic catalog TSV (deterministic: the same rows every run),
+//! then measures in one process: parsing (`parse_catalog`), the store import
+//! into a fresh SQLite database (`Store::import_catalog`, the median of
+//! `--runs` runs), an idempotent re-import of the same rows, and
+//! `Store::resolve` latency per kind of descriptor. `WORKCOPY_BENCH_ROWS`
+//! sets the row count too; `--rows` wins.
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it is a quick
+//! smoke test: 2,000 rows, one run, 200 look-ups per kind.
+//!
+//! With `--write-tsv PATH`, `--write-directory PATH` or
+//! `--write-descriptors PATH` it only writes those files (the catalog, a
+//! directory naming its departments, and `--lookups` descriptors per kind as
+//! `kind<TAB>descriptor<TAB>expected matches`) and exits: `scripts/bench-catalog`
+//! uses them to measure the same catalog through the daemon and the CLI.
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+use workcopy::db::sqlite::SqliteStore;
+use workcopy::db::{ImportSummary, Store};
+use workcopy::domain::catalog::parse_catalog;
+use workcopy::domain::directory::Directory;
+
+/// Departments: id, name, group, transfer account uid, weight (share of the files).
+const DEPARTMENTS: [(&str, &str, &str, u32, u64); 8] = [
+    (
+        "RH-KGA",
+        "Klinisk Genetisk Afdeling, Rigshospitalet",
+        "region-h-genetics",
+        20001,
+        28,
+    ),
+    ("HGH-GEN", "Genetik, Herlev", "region-h-genetics", 20002, 8),
+    ("AUH-KGA", "Klinisk Genetisk Afdeling, AUH", "region-m-genetics", 20003, 22),
+    ("VEJ-KGA", "Klinisk Genetik, Vejle", "region-s-genetics", 20004, 12),
+    ("OUH-KGA", "Klinisk Genetisk Afdeling, OUH", "region-s-genetics", 20005, 14),
+    ("AAUH-KGA", "Klinisk Genetik, Aalborg", "region-nj-genetics", 20006, 8),
+    (
+        "SUH-GEN",
+        "Genetik, Sjaellands Universitetshospital",
+        "region-sj-genetics",
+        20007,
+        6,
+    ),
+    ("NGC-RES", "Nationalt Genom Center, forskning", "ngc", 20008, 2),
+];
+
+/// Files per sequencing run directory.
+const FILES_PER_RUN: u64 = 400;
+/// 2019-01-01T00:00:00Z: the first submission.
+const EPOCH: i64 = 1_546_300_800;
+/// Seven years of submissions.
+const SPAN_SECS: i64 = 7 * 365 * 86_400;
+
+struct Opts {
+    bench: bool,
+    rows: u64,
+    runs: usize,
+    lookups: usize,
+    write_tsv: Option<PathBuf>,
+    write_directory: Option<PathBuf>,
+    write_descriptors: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Opts> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let mut o = Opts {
+        bench,
+        rows: if bench { 1_000_000 } else { 2_000 },
+        runs: if bench { 3 } else { 1 },
+        lookups: if bench { 2_000 } else { 200 },
+        write_tsv: None,
+        write_directory: None,
+        write_descriptors: None,
+    };
+    if bench {
+        if let Ok(v) = std::env::var("WORKCOPY_BENCH_ROWS") {
+            o.rows = number(&v).context("WORKCOPY_BENCH_ROWS")?;
+        }
+    }
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |flag: &str| -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag {
+            "--rows" => o.rows = number(&value(flag)?).context("--rows")?,
+            "--runs" => o.runs = number(&value(flag)?).context("--runs")? as usize,
+            "--lookups" => o.lookups = number(&value(flag)?).context("--lookups")? as usize,
+            "--write-tsv" => o.write_tsv = Some(value(flag)?.into()),
+            "--write-directory" => o.write_directory = Some(value(flag)?.into()),
+            "--write-descriptors" => o.write_descriptors = Some(value(flag)?.into()),
+            // `--bench` and whatever else cargo or a filter passes.
+            _ => {}
+        }
+    }
+    if o.rows < 2 || o.runs == 0 || o.lookups == 0 {
+        bail!("--rows must be at least 2, --runs and --lookups at least 1");
+    }
+    Ok(o)
+}
+
+fn number(s: &str) -> Result<u64> {
+    s.replace(['_', ','], "")
+        .parse()
+        .with_context(|| format!("{s:?} is not a whole number"))
+}
+
+// ---------------------------------------------------------------------------
+// The generated catalog
+
+fn mix(mut z: u64) -> u64 {
+    // splitmix64
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A small deterministic generator for picking look-ups.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        mix(self.0 ^ 0x5eed) % n
+    }
+}
+
+struct Catalog {
+    rows: u64,
+}
+
+impl Catalog {
+    /// About 1% of the files are a re-run of another file's sample: they sit in
+    /// a `rerun/` folder under their own run and share that file's base name.
+    fn raw_rerun(&self, i: u64) -> bool {
+        mix(i ^ 0xa11ce) % 100 == 0
+    }
+    fn partner(&self, i: u64) -> u64 {
+        (i + self.rows / 2) % self.rows
+    }
+    fn partner_inverse(&self, j: u64) -> u64 {
+        (j + self.rows - self.rows / 2) % self.rows
+    }
+    /// Whether file `i` takes its partner's base name (the partner keeps its own).
+    fn is_rerun(&self, i: u64) -> bool {
+        self.raw_rerun(i) && !self.raw_rerun(self.partner(i))
+    }
+    /// Whether file `i`'s base name is shared with a re-run.
+    fn is_rerun_source(&self, i: u64) -> bool {
+        self.is_rerun(self.partner_inverse(i))
+    }
+
+    fn file_id(i: u64) -> String {
+        format!("GDB{i:09}")
+    }
+    fn own_base_name(i: u64) -> String {
+        format!("S{:07}_L{:03}_R{}_001.fastq.gz", i / 2, 1 + (mix(i / 2) % 4), 1 + i % 2)
+    }
+    fn base_name(&self, i: u64) -> String {
+        if self.is_rerun(i) {
+            Self::own_base_name(self.partner(i))
+        } else {
+            Self::own_base_name(i)
+        }
+    }
+    fn submitted_secs(&self, i: u64) -> i64 {
+        EPOCH + (i as i128 * SPAN_SECS as i128 / self.rows as i128) as i64 + (mix(i ^ 7) % 3600) as i64
+    }
+    fn path(&self, i: u64) -> String {
+        let secs = self.submitted_secs(i);
+        let year = OffsetDateTime::from_unix_timestamp(secs).map(|t| t.year()).unwrap_or(2019);
+        let run = i / FILES_PER_RUN;
+        if self.is_rerun(i) {
+            format!("runs/{year}/R{run:04}/rerun/{}", self.base_name(i))
+        } else {
+            format!("runs/{year}/R{run:04}/{}", self.base_name(i))
+        }
+    }
+    fn department(i: u64) -> &'static str {
+        let total: u64 = DEPARTMENTS.iter().map(|d| d.4).sum();
+        let mut pick = mix(i ^ 0xdead) % total;
+        for d in DEPARTMENTS {
+            if pick < d.4 {
+                return d.0;
+            }
+            pick -= d.4;
+        }
+        DEPARTMENTS[0].0
+    }
+
+    /// Writes the TSV; returns the number of base names shared by two files.
+    fn write_tsv(&self, path: &Path) -> Result<u64> {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        writeln!(w, "file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\tsample_id")?;
+        let cet = UtcOffset::from_hms(1, 0, 0)?;
+        let mut shared = 0;
+        let mut sha_hex = String::with_capacity(64);
+        for i in 0..self.rows {
+            if self.is_rerun(i) {
+                shared += 1;
+            }
+            let h = mix(i);
+            let size = 50_000_000 + h % 30_000_000_000;
+            let digest = Sha256::digest(i.to_le_bytes());
+            sha_hex.clear();
+            for b in digest {
+                let _ = write!(sha_hex, "{b:02x}");
+            }
+            let t = OffsetDateTime::from_unix_timestamp(self.submitted_secs(i))?;
+            // Most timestamps in UTC, some with the Danish winter offset.
+            let t = if h % 5 == 0 { t.to_offset(cet) } else { t };
+            let submitted = t.format(&Rfc3339)?;
+            writeln!(
+                w,
+                "{}\t{}\t{}\t{size}\t{sha_hex}\t{submitted}\tS{:07}",
+                Self::file_id(i),
+                self.path(i),
+                Self::department(i),
+                i / 2
+            )?;
+        }
+        w.flush()?;
+        Ok(shared)
+    }
+}
+
+fn directory_toml() -> String {
+    let mut s = String::new();
+    let mut groups: Vec<&str> = DEPARTMENTS.iter().map(|d| d.2).collect();
+    groups.dedup();
+    for g in groups {
+        let _ = writeln!(s, "[[group]]\nid = \"{g}\"\n");
+    }
+    for (id, name, group, uid, _) in DEPARTMENTS {
+        let _ = writeln!(
+            s,
+            "[[department]]\nid = \"{id}\"\nname = \"{name}\"\ngroup = \"{group}\"\ntransfer_account = {uid}\n"
+        );
+    }
+    s.push_str("[[user]]\nid = \"alice@regionh.dk\"\ndepartment = \"RH-KGA\"\n");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Descriptors to look up
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    FileId,
+    Path,
+    BaseName,
+    SharedBaseName,
+    Miss,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::FileId, Kind::Path, Kind::BaseName, Kind::SharedBaseName, Kind::Miss];
+    fn label(self) -> &'static str {
+        match self {
+            Kind::FileId => "file_id",
+            Kind::Path => "path",
+            Kind::BaseName => "base name",
+            Kind::SharedBaseName => "base name, 2 files",
+            Kind::Miss => "miss",
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::FileId => "file_id",
+            Kind::Path => "path",
+            Kind::BaseName => "base_name",
+            Kind::SharedBaseName => "shared_base_name",
+            Kind::Miss => "miss",
+        }
+    }
+}
+
+/// `count` descriptors of `kind` with the number of files each must match.
+fn descriptors(cat: &Catalog, kind: Kind, count: usize, rng: &mut Rng) -> Vec<(String, usize)> {
+    let mut out = Vec::with_capacity(count);
+    let mut tries = 0u64;
+    while out.len() < count {
+        tries += 1;
+        let i = rng.below(cat.rows);
+        let d = match kind {
+            Kind::FileId => Some((Catalog::file_id(i), 1)),
+            Kind::Path => Some((cat.path(i), 1)),
+            Kind::BaseName => (!cat.is_rerun(i) && !cat.is_rerun_source(i)).then(|| (cat.base_name(i), 1)),
+            Kind::SharedBaseName => cat.is_rerun(i).then(|| (cat.base_name(i), 2)),
+            Kind::Miss => Some(match i % 3 {
+                0 => (Catalog::file_id(cat.rows + i), 0),
+                1 => (format!("S9{:06}_L001_R1_001.fastq.gz", i % 1_000_000), 0),
+                _ => (format!("runs/2031/R{:04}/{}", i / FILES_PER_RUN, Catalog::own_base_name(i)), 0),
+            }),
+        };
+        if let Some(d) = d {
+            out.push(d);
+        }
+        if tries > 1_000 * count as u64 + 1_000_000 {
+            break; // a catalog too small to have shared base names
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (k, c) in s.chars().enumerate() {
+        if k > 0 && (s.len() - k) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(rows: u64, secs: f64) -> String {
+    format!("{} rows/s", thousands((rows as f64 / secs).round() as u64))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn file_mib(p: &Path) -> f64 {
+    std::fs::metadata(p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0)
+}
+
+fn parse_file(path: &Path, dir: &Directory) -> Result<Vec<workcopy::domain::catalog::CatalogRow>> {
+    // As the daemon reads it: a 1 MiB buffered reader over the file.
+    let file = std::fs::File::open(path)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    Ok(parse_catalog(&mut reader, &|d| dir.departments.contains_key(d))?)
+}
+
+struct ImportRun {
+    parse: f64,
+    store: f64,
+    summary: ImportSummary,
+}
+
+fn import_once(rt: &tokio::runtime::Runtime, store: &SqliteStore, tsv: &Path, dir: &Directory) -> Result<ImportRun> {
+    let t0 = Instant::now();
+    let rows = parse_file(tsv, dir)?;
+    let parse = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let summary = rt.block_on(store.import_catalog(rows))?;
+    let store_secs = t1.elapsed().as_secs_f64();
+    Ok(ImportRun {
+        parse,
+        store: store_secs,
+        summary,
+    })
+}
+
+async fn open_store(db: &Path) -> Result<SqliteStore> {
+    let url = format!("sqlite://{}", db.display());
+    SqliteStore::open(&url).await.with_context(|| format!("cannot open {url}"))
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    let cat = Catalog { rows: o.rows };
+
+    if o.write_tsv.is_some() || o.write_directory.is_some() || o.write_descriptors.is_some() {
+        if let Some(p) = &o.write_tsv {
+            let shared = cat.write_tsv(p)?;
+            eprintln!(
+                "wrote {} ({} rows, {:.1} MiB, {} base names shared by 2 files)",
+                p.display(),
+                thousands(o.rows),
+                file_mib(p),
+                thousands(shared)
+            );
+        }
+        if let Some(p) = &o.write_directory {
+            std::fs::write(p, directory_toml()).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        if let Some(p) = &o.write_descriptors {
+            let mut rng = Rng(42);
+            let mut text = String::new();
+            for kind in Kind::ALL {
+                for (d, n) in descriptors(&cat, kind, o.lookups, &mut rng) {
+                    let _ = writeln!(text, "{}\t{d}\t{n}", kind.tag());
+                }
+            }
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        return Ok(());
+    }
+
+    let started = Instant::now();
+    let load = loadavg();
+    let tmp = tempfile::Builder::new().prefix("workcopy-bench-").tempdir()?;
+    let tsv = tmp.path().join("catalog.tsv");
+    let t = Instant::now();
+    let shared = cat.write_tsv(&tsv)?;
+    let gen_secs = t.elapsed().as_secs_f64();
+    let tsv_mib = file_mib(&tsv);
+    let dir = Directory::parse(&directory_toml(), "bench directory", &|n| Err(format!("no user {n:?}")))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    // (a), (b): parse + import into a fresh database, `runs` times.
+    let mut runs = Vec::new();
+    let mut last: Option<(SqliteStore, PathBuf)> = None;
+    for r in 0..o.runs {
+        if let Some((store, db_dir)) = last.take() {
+            rt.block_on(async { drop(store) });
+            std::fs::remove_dir_all(&db_dir)?;
+        }
+        let db_dir = tmp.path().join(format!("run{r}"));
+        std::fs::create_dir_all(&db_dir)?;
+        let store = rt.block_on(open_store(&db_dir.join("bench.db")))?;
+        let run = import_once(&rt, &store, &tsv, &dir)?;
+        if run.summary.added != o.rows || run.summary.catalog_files != o.rows {
+            bail!("import {r} added {} of {} rows: {:?}", run.summary.added, o.rows, run.summary);
+        }
+        eprintln!(
+            "  import run {}: parse {:.2} s, store {:.2} s, total {:.2} s",
+            r + 1,
+            run.parse,
+            run.store,
+            run.parse + run.store
+        );
+        runs.push(run);
+        last = Some((store, db_dir));
+    }
+    let Some((store, db_dir)) = last else { bail!("no import run") };
+    let (db_mib, wal_mib) = (file_mib(&db_dir.join("bench.db")), file_mib(&db_dir.join("bench.db-wal")));
+
+    // (c): the same rows again: nothing changes.
+    let again = import_once(&rt, &store, &tsv, &dir)?;
+    let s = &again.summary;
+    if s.added != 0 || s.updated != 0 || s.unchanged != o.rows {
+        bail!("the re-import changed the catalog: {s:?}");
+    }
+    eprintln!(
+        "  re-import: parse {:.2} s, store {:.2} s, total {:.2} s",
+        again.parse,
+        again.store,
+        again.parse + again.store
+    );
+
+    // (d): resolution latency per descriptor kind.
+    let mut rng = Rng(7);
+    let mut latencies = Vec::new();
+    for kind in Kind::ALL {
+        let ds = descriptors(&cat, kind, o.lookups, &mut rng);
+        if ds.is_empty() {
+            continue;
+        }
+        let warm = descriptors(&cat, kind, 50, &mut rng);
+        let times = rt.block_on(async {
+            for (d, _) in &warm {
+                store.resolve(d, 10).await?;
+            }
+            let mut times = Vec::with_capacity(ds.len());
+            for (d, want) in &ds {
+                let t = Instant::now();
+                let got = store.resolve(d, 10).await?;
+                times.push(t.elapsed());
+                if got.len() != *want {
+                    bail!("resolve({d:?}) found {} file(s), expected {want}", got.len());
+                }
+            }
+            Ok(times)
+        })?;
+        latencies.push((kind, times));
+    }
+    rt.block_on(async { drop(store) });
+
+    // Report.
+    let parse: Vec<f64> = runs.iter().map(|r| r.parse).collect();
+    let stored: Vec<f64> = runs.iter().map(|r| r.store).collect();
+    let total: Vec<f64> = runs.iter().map(|r| r.parse + r.store).collect();
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+    let n = o.rows;
+    println!();
+    println!(
+        "workcopy catalog benchmark{}",
+        if o.bench {
+            ""
+        } else {
+            " (smoke test: run with `cargo bench` to measure)"
+        }
+    );
+    println!(
+        "machine    {} CPUs, {}; load average at start {load}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model()
+    );
+    println!(
+        "catalog    {} rows, {:.1} MiB TSV (generated in {gen_secs:.1} s), {} base names shared by 2 files",
+        thousands(n),
+        tsv_mib,
+        thousands(shared)
+    );
+    println!("import into a fresh SQLite database, median of {} run(s):", o.runs);
+    println!("  {:<26}{:>18}{:>10}   runs (s)", "step", "rate", "seconds");
+    for (label, v) in [
+        ("parse (parse_catalog)", &parse),
+        ("store (import_catalog)", &stored),
+        ("import (parse + store)", &total),
+    ] {
+        let m = median(v);
+        println!("  {label:<26}{:>18}{m:>10.2}   {}", rate(n, m), list(v));
+    }
+    println!(
+        "  {:<26}{:>18}{:>10.2}   parse {:.2} + store {:.2}",
+        "re-import, nothing changes",
+        rate(n, again.parse + again.store),
+        again.parse + again.store,
+        again.parse,
+        again.store
+    );
+    println!("  on disk after the import: database {db_mib:.1} MiB, its -wal file {wal_mib:.1} MiB");
+    println!(
+        "resolution, Store::resolve(descriptor, 10), {} look-ups each (µs):",
+        thousands(o.lookups as u64)
+    );
+    println!("  {:<26}{:>10}{:>10}{:>10}", "descriptor", "median", "p99", "max");
+    for (kind, mut times) in latencies {
+        times.sort();
+        let med = us(percentile(&times, 0.5));
+        let p99 = us(percentile(&times, 0.99));
+        let max = us(times.last().copied().unwrap_or_default());
+        println!("  {:<26}{med:>10.1}{p99:>10.1}{max:>10.1}", kind.label());
+    }
+    if let Some(rss) = peak_rss_mib() {
+        println!(
+            "peak RSS   {rss:.0} MiB; whole benchmark {:.0} s; load average at the end {}",
+            started.elapsed().as_secs_f64(),
+            loadavg()
+        );
+    }
+    Ok(())
+}
