@@ -434,3 +434,96 @@ fn insert_sql(n: usize) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::catalog::CatalogRow;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn row(line: usize, id: &str, path: &str) -> CatalogRow {
+        CatalogRow {
+            line,
+            file: CatalogFile {
+                file_id: FileId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+                path: CatalogPath::parse(path).unwrap_or_else(|e| panic!("{e}")),
+                department: DirId::parse("RH-KGA").unwrap_or_else(|e| panic!("{e}")),
+                size: line as u64,
+                sha256: "a".repeat(64),
+                submitted_ns: 0,
+                extra: String::new(),
+            },
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// A descriptor matches exactly the files whose file_id, path or base
+        /// name equals it, whatever the catalog holds.
+        #[test]
+        fn resolution_matches_the_definition(
+            files in proptest::collection::btree_map("[a-c]{1,2}", "[a-c]{1,2}(/[a-c]{1,2}){0,2}", 1..25),
+            probes in proptest::collection::vec("[a-c]{1,2}(/[a-c]{1,2}){0,2}", 1..20),
+        ) {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            let rt = runtime();
+            // Paths must be unique in the catalog: keep the first file per path.
+            let mut seen = BTreeSet::new();
+            let rows: Vec<CatalogRow> = files
+                .iter()
+                .filter(|(_, p)| seen.insert(p.to_string()))
+                .enumerate()
+                .map(|(i, (id, p))| row(i + 2, &format!("ID{id}"), p))
+                .collect();
+            let store = rt.block_on(SqliteStore::open(&url)).unwrap_or_else(|e| panic!("{e}"));
+            rt.block_on(store.import_catalog(rows.clone())).unwrap_or_else(|e| panic!("{e}"));
+            let mut all_probes = probes.clone();
+            all_probes.extend(rows.iter().map(|r| r.file.file_id.to_string()));
+            for d in all_probes {
+                let got: BTreeSet<String> = rt
+                    .block_on(store.resolve(&d, 100))
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .into_iter()
+                    .map(|f| f.file_id.to_string())
+                    .collect();
+                let want: BTreeSet<String> = rows
+                    .iter()
+                    .filter(|r| r.file.file_id.as_str() == d || r.file.path.as_str() == d || r.file.path.base_name() == d)
+                    .map(|r| r.file.file_id.to_string())
+                    .collect();
+                prop_assert_eq!(got, want, "descriptor {}", d);
+            }
+        }
+    }
+
+    #[test]
+    fn import_is_all_or_nothing_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let rt = runtime();
+        let store = rt
+            .block_on(SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = vec![row(2, "F1", "a/x.fq"), row(3, "F2", "b/x.fq")];
+        let s = rt.block_on(store.import_catalog(first.clone())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.added, s.updated, s.unchanged), (2, 0, 0));
+        let s = rt.block_on(store.import_catalog(first)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.added, s.updated, s.unchanged), (0, 0, 2));
+        // A new file on F1's path: refused whole, F3 is not added.
+        let clash = vec![row(2, "F3", "c/y.fq"), row(3, "F4", "a/x.fq")];
+        assert!(matches!(rt.block_on(store.import_catalog(clash)), Err(StoreError::Catalog(_))));
+        assert_eq!(rt.block_on(store.catalog_size()).ok(), Some(2));
+        // Moving F1 and giving its old path to a new file in the same import is fine.
+        let moved = vec![row(2, "F1", "a/z.fq"), row(3, "F4", "a/x.fq")];
+        let s = rt.block_on(store.import_catalog(moved)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.added, s.updated), (1, 1));
+    }
+}
