@@ -200,8 +200,21 @@ impl Service {
         match Directory::load(&self.cfg.directory, &crate::unix::resolve_user) {
             Ok(d) => {
                 let n = d.departments.len();
+                let d = Arc::new(d);
                 if let Ok(mut cur) = self.directory.write() {
-                    *cur = Arc::new(d);
+                    *cur = d.clone();
+                }
+                // A department whose transfer account changed (or that left the
+                // directory) must not keep the old account's access: exported
+                // cases get their new owner (root only, for a removed department).
+                for case in self.exports.all() {
+                    let owner = d.department(&case.department).map(|x| x.transfer_uid).unwrap_or(0);
+                    if owner != case.owner_uid {
+                        info!(case = %case.case_ref, "case directory owner follows the reloaded directory");
+                        let mut updated = (*case).clone();
+                        updated.owner_uid = owner;
+                        self.exports.publish(updated);
+                    }
                 }
                 info!(departments = n, "directory reloaded");
                 Ok(())

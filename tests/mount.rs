@@ -1146,3 +1146,23 @@ fn status_reports_the_mount_and_the_read_path() {
     assert_eq!(v["mounted"], true, "{v}");
     assert!(v["read_path"].as_str().unwrap_or_default().starts_with("user space"), "{v}");
 }
+
+/// A department whose transfer account is changed in the directory: after
+/// the reload the old account loses its exported cases, the new one gets them.
+#[test]
+fn a_reloaded_directory_moves_a_case_to_the_new_transfer_account() {
+    let env = Env::ready();
+    env.cli(&["case", "open", "R-MOVE", "--requester", ALICE, "GDB-0001"]).ok();
+    env.cli(&["case", "approve", "R-MOVE"]).ok();
+    assert_eq!(listing(&env, Who::Dept(UID_A1)), vec!["R-MOVE".to_string()]);
+    let moved = directory_toml("").replace(&format!("transfer_account = {UID_A1}"), "transfer_account = 2005");
+    assert!(moved.contains("transfer_account = 2005"));
+    env.write_directory(&moved);
+    env.signal(nix::sys::signal::Signal::SIGHUP);
+    let gone = env.wait_for(Duration::from_secs(10), || listing(&env, Who::Dept(UID_A1)).is_empty());
+    assert!(gone, "the old account still sees the case\n{}", env.daemon_log());
+    run_as(Who::Dept(UID_A1), &["stat", &case_dir(&env, "R-MOVE").display().to_string()]).fails();
+    assert_eq!(listing(&env, Who::Dept(2005)), vec!["R-MOVE".to_string()]);
+    let f = case_dir(&env, "R-MOVE").join(env.file("GDB-0001").base_name());
+    run_as(Who::Dept(2005), &["cat", &f.display().to_string()]).ok();
+}
