@@ -154,26 +154,7 @@ pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Atomi
             .open(&tmp)
             .map_err(io(e.rel))?;
         let _ = nix::fcntl::fallocate(&out, nix::fcntl::FallocateFlags::empty(), 0, e.size as i64);
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0u64;
-        loop {
-            let n = src.read(&mut buf).map_err(io(e.rel))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io(e.rel))?;
-            total += n as u64;
-            progress.fetch_add(n as u64, Ordering::Relaxed);
-            if total > e.size {
-                return Err(StageError::Size {
-                    path: e.rel.to_string(),
-                    expected: e.size,
-                    actual: total,
-                });
-            }
-        }
+        let (total, h) = copy_hashing(&mut src, &mut out, e, progress)?;
         check(e, total, h)?;
         out.sync_all().map_err(io(e.rel))?;
         std::fs::rename(&tmp, dest).map_err(io(e.rel))?;
@@ -184,6 +165,64 @@ pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Atomi
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Reads and hashes on this thread while another writes, so hashing and
+/// writing overlap; buffers go round between the two.
+fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &AtomicU64) -> Result<(u64, Sha256), StageError> {
+    use std::sync::mpsc::sync_channel;
+    const DEPTH: usize = 4;
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    for _ in 0..DEPTH {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            for buf in full_rx {
+                out.write_all(&buf)?;
+                // The reader may have stopped early; a closed channel is fine.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        });
+        let mut h = Sha256::new();
+        let mut total = 0u64;
+        let read_result = (|| {
+            loop {
+                let Ok(mut buf) = empty_rx.recv() else {
+                    // The writer stopped: its error is reported below.
+                    return Ok(());
+                };
+                buf.resize(CHUNK, 0);
+                let n = src.read(&mut buf).map_err(io(e.rel))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                h.update(&buf);
+                total += n as u64;
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+                if total > e.size {
+                    return Err(StageError::Size {
+                        path: e.rel.to_string(),
+                        expected: e.size,
+                        actual: total,
+                    });
+                }
+                if full_tx.send(buf).is_err() {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(full_tx);
+        let write_result = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        read_result?;
+        write_result.map_err(io(e.rel))?;
+        Ok((total, h))
+    })
 }
 
 fn temp_name(dest: &Path) -> PathBuf {

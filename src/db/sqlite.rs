@@ -42,7 +42,12 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().create_if_missing(true).pragma("temp_store", "memory"))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("temp_store", "memory")
+                    .pragma("journal_size_limit", "67108864"),
+            )
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
@@ -164,25 +169,32 @@ impl Store for SqliteStore {
         .await?;
         sqlx::query("DELETE FROM import_rows").execute(&mut *tx).await?;
         let full_sql = insert_sql(BATCH);
-        for chunk in rows.chunks(BATCH) {
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<CatalogRow> = rows.by_ref().take(BATCH).collect();
+            if chunk.is_empty() {
+                break;
+            }
             let sql = if chunk.len() == BATCH {
                 full_sql.clone()
             } else {
                 insert_sql(chunk.len())
             };
             let mut q = sqlx::query(&sql);
+            // Owned values: sqlx moves them to its worker instead of copying each one.
             for r in chunk {
-                let f = &r.file;
+                let f = r.file;
+                let base_name = f.path.base_name().to_string();
                 q = q
                     .bind(r.line as i64)
-                    .bind(f.file_id.as_str())
-                    .bind(f.path.as_str())
-                    .bind(f.path.base_name())
-                    .bind(f.department.as_str())
+                    .bind(String::from(f.file_id))
+                    .bind(String::from(f.path))
+                    .bind(base_name)
+                    .bind(String::from(f.department))
                     .bind(f.size as i64)
-                    .bind(f.sha256.as_str())
+                    .bind(f.sha256)
                     .bind(f.submitted_ns)
-                    .bind(f.extra.as_str());
+                    .bind(f.extra);
             }
             q.execute(&mut *tx).await?;
         }
@@ -245,6 +257,10 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await? as u64;
         tx.commit().await?;
+        // A large import leaves a write-ahead log as large as the database: give the space back.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
+            tracing::debug!(error = %e, "WAL checkpoint after import failed");
+        }
         Ok(ImportSummary {
             rows: total,
             added,
