@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the script, measures nothing")
+    ap.add_argument("--only", default="read,rsync,staged,listable,list1000",
+                    help="comma-separated sections to run (default: all of read,rsync,staged,listable,list1000)")
     args = ap.parse_args()
     big = (64 if args.quick else 2048) * MiB
     case_file = (4 if args.quick else 128) * MiB
@@ -165,104 +167,126 @@ def main():
             d.cli("catalog", "import", os.path.join(base, "catalog.tsv"), capture=True)
         print("read paths:", direct_pt.status()["read_path"], "|", direct_us.status()["read_path"], flush=True)
 
-        # 1. Sequential read of the big file.
-        for d in (direct_pt, direct_us):
-            d.cli("case", "open", "BIG", "--requester", "bench@example", "BIG", capture=True)
-            d.cli("case", "approve", "BIG", capture=True)
-        direct = os.path.join(gdb, "big/sample.fastq")
-        read_file(direct)
-        med, _ = alternate(runs, {
-            "direct": lambda: read_file(direct),
-            "passthrough": lambda: read_file(os.path.join(direct_pt.mnt, "BIG/sample.fastq")),
-            "userspace": lambda: read_file(os.path.join(direct_us.mnt, "BIG/sample.fastq")),
-        })
-        gbps = lambda s: big / s / 1e9
-        results["read"] = {k: {"seconds": v, "GB/s": gbps(v), "ratio": med["direct"] / v} for k, v in med.items()}
-
-        # 2. rsync -a of a 20-file case as the transfer uid.
+        only = set(args.only.split(","))
         case_files = [f"C{i:02d}" for i in range(20)]
-        for d in (direct_pt, direct_us):
-            d.cli("case", "open", "CASE20", "--requester", "bench@example", *case_files, capture=True)
-            d.cli("case", "approve", "CASE20", capture=True)
-        src_direct = os.path.join(gdb, "case") + "/"
-        def rsync_from(src):
-            def go():
-                dest = os.path.join(shm, "dest")
-                run(as_xfer(["rsync", "-a", src, dest + "/"]))
-                shutil.rmtree(dest)
-            return go
-        med, _ = alternate(max(3, runs - 2), {
-            "direct": rsync_from(src_direct),
-            "passthrough": rsync_from(os.path.join(direct_pt.mnt, "CASE20") + "/"),
-            "userspace": rsync_from(os.path.join(direct_us.mnt, "CASE20") + "/"),
-        })
-        total = 20 * case_file
-        results["rsync"] = {k: {"seconds": v, "GB/s": total / v / 1e9, "ratio": med["direct"] / v} for k, v in med.items()}
+        if "read" in only:
+            # 1. Sequential read of the big file.
+            for d in (direct_pt, direct_us):
+                d.cli("case", "open", "BIG", "--requester", "bench@example", "BIG", capture=True)
+                d.cli("case", "approve", "BIG", capture=True)
+            direct = os.path.join(gdb, "big/sample.fastq")
+            read_file(direct)
+            med, _ = alternate(runs, {
+                "direct": lambda: read_file(direct),
+                "passthrough": lambda: read_file(os.path.join(direct_pt.mnt, "BIG/sample.fastq")),
+                "userspace": lambda: read_file(os.path.join(direct_us.mnt, "BIG/sample.fastq")),
+            })
+            gbps = lambda s: big / s / 1e9
+            results["read"] = {k: {"seconds": v, "GB/s": gbps(v), "ratio": med["direct"] / v} for k, v in med.items()}
 
-        # 3. Staged approval of that case against cp -r + openssl dgst -sha256.
-        copy_dir = os.path.join(base, "cp-baseline")
-        n = [0]
-        def approve():
-            n[0] += 1
-            ref = f"STAGE{n[0]}"
-            staged.cli("case", "open", ref, "--requester", "bench@example", *case_files, capture=True)
-            staged.cli("case", "approve", ref, capture=True)
-            staged.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
-        def cp_hash():
-            shutil.rmtree(copy_dir, ignore_errors=True)
-            run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
-            run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null"])
-            shutil.rmtree(copy_dir)
-        med, _ = alternate(max(3, runs - 2), {"cp+openssl": cp_hash, "approve": approve})
-        results["staged_approval"] = {k: {"seconds": v, "ratio": med["cp+openssl"] / v} for k, v in med.items()}
+        if "rsync" in only:
+            # 2. rsync -a of a 20-file case as the transfer uid.
+            case_files = [f"C{i:02d}" for i in range(20)]
+            for d in (direct_pt, direct_us):
+                d.cli("case", "open", "CASE20", "--requester", "bench@example", *case_files, capture=True)
+                d.cli("case", "approve", "CASE20", capture=True)
+            src_direct = os.path.join(gdb, "case") + "/"
+            def rsync_from(src):
+                def go():
+                    dest = os.path.join(shm, "dest")
+                    run(as_xfer(["rsync", "-a", src, dest + "/"]))
+                    shutil.rmtree(dest)
+                return go
+            med, _ = alternate(max(3, runs - 2), {
+                "direct": rsync_from(src_direct),
+                "passthrough": rsync_from(os.path.join(direct_pt.mnt, "CASE20") + "/"),
+                "userspace": rsync_from(os.path.join(direct_us.mnt, "CASE20") + "/"),
+            })
+            total = 20 * case_file
+            results["rsync"] = {k: {"seconds": v, "GB/s": total / v / 1e9, "ratio": med["direct"] / v} for k, v in med.items()}
 
-        # 4. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
-        small = [f"M{i:02d}" for i in range(20)]
-        lat = []
-        for i in range(max(5, runs)):
-            ref = f"SMALL{i}"
-            direct_pt.cli("case", "open", ref, "--requester", "bench@example", *small, capture=True)
-            path = os.path.join(direct_pt.mnt, ref)
-            t = time.perf_counter()
-            direct_pt.cli("case", "approve", ref, "--no-wait", capture=True)
-            while True:
-                try:
-                    if len(os.listdir(path)) == 21:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.001)
-            lat.append(time.perf_counter() - t)
-            direct_pt.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
-        results["approve_to_listable_ms"] = {"median": statistics.median(lat) * 1e3, "max": max(lat) * 1e3, "runs": len(lat)}
+        if "staged" in only:
+            # 3. Staged approval of that case against cp -r + openssl dgst -sha256.
+            copy_dir = os.path.join(base, "cp-baseline")
+            n = [0]
+            def approve():
+                n[0] += 1
+                ref = f"STAGE{n[0]}"
+                staged.cli("case", "open", ref, "--requester", "bench@example", *case_files, capture=True)
+                staged.cli("case", "approve", ref, capture=True)
+                staged.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+            def cp_hash():
+                shutil.rmtree(copy_dir, ignore_errors=True)
+                run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
+                run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null"])
+                shutil.rmtree(copy_dir)
+            def cp_hash_sync():
+                # The same, with the copies on disk before it is done, as approval's fsync requires.
+                shutil.rmtree(copy_dir, ignore_errors=True)
+                run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
+                run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null && sync {copy_dir}/*"])
+                shutil.rmtree(copy_dir)
+            med, _ = alternate(max(3, runs - 2), {"cp+openssl": cp_hash, "cp+openssl+sync": cp_hash_sync, "approve": approve})
+            results["staged_approval"] = {
+                k: {"seconds": v, "ratio": med["cp+openssl"] / v, "ratio_to_durable": med["cp+openssl+sync"] / v} for k, v in med.items()
+            }
 
-        # 5. 1,000 exported cases listed.
-        for i in range(1000):
-            direct_us.cli("case", "open", f"L{i:04d}", "--requester", "bench@example", f"T{i:04d}", capture=True)
-            direct_us.cli("case", "approve", f"L{i:04d}", "--no-wait", capture=True)
-        deadline = time.time() + 300
-        while direct_us.status()["cases"] and time.time() < deadline:
-            counts = dict(direct_us.status()["cases"])
-            if counts.get("approved", 0) == 0:
-                break
-            time.sleep(0.5)
-        listing = []
-        for _ in range(max(7, runs)):
-            t = time.perf_counter()
-            names = os.listdir(direct_us.mnt)
-            listing.append(time.perf_counter() - t)
-        results["list_1000_cases_ms"] = {"median": statistics.median(listing) * 1e3, "entries": len(names)}
+        if "listable" in only:
+            # 4. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
+            small = [f"M{i:02d}" for i in range(20)]
+            lat = []
+            for i in range(max(5, runs)):
+                ref = f"SMALL{i}"
+                direct_pt.cli("case", "open", ref, "--requester", "bench@example", *small, capture=True)
+                path = os.path.join(direct_pt.mnt, ref)
+                t = time.perf_counter()
+                direct_pt.cli("case", "approve", ref, "--no-wait", capture=True)
+                while True:
+                    try:
+                        if len(os.listdir(path)) == 21:
+                            break
+                    except OSError:
+                        pass
+                    time.sleep(0.001)
+                lat.append(time.perf_counter() - t)
+                direct_pt.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+            results["approve_to_listable_ms"] = {"median": statistics.median(lat) * 1e3, "max": max(lat) * 1e3, "runs": len(lat)}
+
+        if "list1000" in only:
+            # 5. 1,000 exported cases listed.
+            for i in range(1000):
+                direct_us.cli("case", "open", f"L{i:04d}", "--requester", "bench@example", f"T{i:04d}", capture=True)
+                direct_us.cli("case", "approve", f"L{i:04d}", "--no-wait", capture=True)
+            deadline = time.time() + 300
+            while direct_us.status()["cases"] and time.time() < deadline:
+                counts = dict(direct_us.status()["cases"])
+                if counts.get("approved", 0) == 0:
+                    break
+                time.sleep(0.5)
+            listing = []
+            for _ in range(max(7, runs)):
+                t = time.perf_counter()
+                names = os.listdir(direct_us.mnt)
+                listing.append(time.perf_counter() - t)
+            results["list_1000_cases_ms"] = {"median": statistics.median(listing) * 1e3, "entries": len(names)}
 
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
         results["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "kernel": os.uname().release, "runs": runs, "quick": args.quick}
         print(json.dumps(results, indent=2))
         print()
         r = results
-        print(f"sequential read of {big // MiB} MiB: passthrough {r['read']['passthrough']['ratio']:.2f}, user space {r['read']['userspace']['ratio']:.2f} of direct ({r['read']['direct']['GB/s']:.2f} GB/s)")
-        print(f"rsync -a of 20 x {case_file // MiB} MiB as the transfer uid: passthrough {r['rsync']['passthrough']['ratio']:.2f}, user space {r['rsync']['userspace']['ratio']:.2f} of direct")
-        print(f"staged approval vs cp -r + openssl dgst: {r['staged_approval']['approve']['ratio']:.2f} (>1 is faster); approve {r['staged_approval']['approve']['seconds']:.2f}s, baseline {r['staged_approval']['cp+openssl']['seconds']:.2f}s")
-        print(f"approve --no-wait to listable (20 x 1 MiB, direct): median {r['approve_to_listable_ms']['median']:.1f} ms, max {r['approve_to_listable_ms']['max']:.1f} ms")
-        print(f"listing 1,000 exported cases: median {r['list_1000_cases_ms']['median']:.2f} ms ({r['list_1000_cases_ms']['entries']} entries)")
+        if "read" in r:
+            print(f"sequential read of {big // MiB} MiB: passthrough {r['read']['passthrough']['ratio']:.2f}, user space {r['read']['userspace']['ratio']:.2f} of direct ({r['read']['direct']['GB/s']:.2f} GB/s)")
+        if "rsync" in r:
+            print(f"rsync -a of 20 x {case_file // MiB} MiB as the transfer uid: passthrough {r['rsync']['passthrough']['ratio']:.2f}, user space {r['rsync']['userspace']['ratio']:.2f} of direct")
+        if "staged_approval" in r:
+            sa = r["staged_approval"]
+            print(f"staged approval vs cp -r + openssl dgst: {sa['approve']['ratio']:.2f}, vs the same with the copies synced: {sa['approve']['ratio_to_durable']:.2f} (>1 is faster); "
+                  f"approve {sa['approve']['seconds']:.2f}s, baselines {sa['cp+openssl']['seconds']:.2f}s / {sa['cp+openssl+sync']['seconds']:.2f}s")
+        if "approve_to_listable_ms" in r:
+            print(f"approve --no-wait to listable (20 x 1 MiB, direct): median {r['approve_to_listable_ms']['median']:.1f} ms, max {r['approve_to_listable_ms']['max']:.1f} ms")
+        if "list_1000_cases_ms" in r:
+            print(f"listing 1,000 exported cases: median {r['list_1000_cases_ms']['median']:.2f} ms ({r['list_1000_cases_ms']['entries']} entries)")
     finally:
         for d in daemons:
             try:

@@ -300,7 +300,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::refused(format!("cannot start the runtime: {e}")))?;
-            rt.block_on(crate::daemon::serve(cfg))?;
+            let result = rt.block_on(crate::daemon::serve(cfg));
+            // Staging or hashing still running must not hold up the stop.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            result?;
             Ok(())
         }
         Command::Status(j) => {
@@ -320,7 +323,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("read path   {}", s.read_path);
             println!("catalog     {} files", s.catalog_files);
             println!("directory   {} departments", s.directory_departments);
-            println!("served      {} bytes, {} file(s) open now", s.bytes_served, s.pulls_in_progress);
+            let counted = if s.read_path.contains("passthrough") {
+                " (reads the kernel passes through are not counted)"
+            } else {
+                ""
+            };
+            println!("served      {} bytes{counted}", s.bytes_served);
+            println!("pulls       {} case file(s) open now", s.pulls_in_progress);
             println!(
                 "cases       {}",
                 s.cases.iter().map(|(st, n)| format!("{st} {n}")).collect::<Vec<_>>().join(", ")
@@ -611,6 +620,9 @@ fn case(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
 fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
+    // An approved case with no staging job running is stuck (the daemon
+    // could not record the end of staging); say so instead of waiting forever.
+    let mut idle_since: Option<Instant> = None;
     let mut c = Client::connect(&socket_path(cli)?)?;
     loop {
         let Reply::Case(v) = c.call(&Request::CaseShow {
@@ -623,6 +635,16 @@ fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
         let readable = v.case.state == CaseState::Exported && v.visible;
         match v.case.state {
             CaseState::Approved | CaseState::Exported if !readable => {
+                if v.case.state == CaseState::Approved && v.staging.is_none() {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(30) {
+                        return Err(Failure::refused(format!(
+                            "case {case_ref} is approved but not being staged; see `workcopy case log {case_ref}` and the daemon's log (a restart of the daemon restarts staging)"
+                        )));
+                    }
+                } else {
+                    idle_since = None;
+                }
                 if let (true, Some((done, total))) = (tty, v.staging) {
                     eprint!("\r{}", progress_line(done, total, started.elapsed()));
                     let _ = std::io::stderr().flush();

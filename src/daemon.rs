@@ -129,7 +129,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 sd_notify("RELOADING=1");
-                let _ = svc.reload_directory();
+                let _ = svc.reload_directory().await;
                 sd_notify("READY=1");
             }
             _ = term.recv() => break,

@@ -23,6 +23,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// Who is on the other end of a request, from the kernel's credentials.
@@ -34,10 +35,10 @@ pub struct Caller {
     pub groups: Vec<u32>,
 }
 
-/// Progress of a running staging job.
+/// A running staging job: its progress, and a flag that stops it.
 #[derive(Debug, Default)]
 pub struct StagingJob {
-    pub done: AtomicU64,
+    pub progress: staging::Progress,
     pub total: u64,
 }
 
@@ -115,6 +116,9 @@ pub struct Service {
     pub stats: Arc<Stats>,
     /// What `status` says about the mount; set by the daemon once it mounted.
     pub mount_info: RwLock<Option<(bool, String)>>,
+    /// Held across "state change + mount change" (export, close, reload), so
+    /// the mount never shows what the case's state or the directory forbids.
+    visibility: tokio::sync::Mutex<()>,
 }
 
 fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
@@ -176,6 +180,7 @@ impl Service {
             jobs: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
             mount_info: RwLock::new(None),
+            visibility: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -196,34 +201,44 @@ impl Service {
     }
 
     /// Reads the directory file again; a bad file leaves the old one in force.
-    pub fn reload_directory(&self) -> Result<(), String> {
-        match Directory::load(&self.cfg.directory, &crate::unix::resolve_user) {
-            Ok(d) => {
-                let n = d.departments.len();
-                let d = Arc::new(d);
-                if let Ok(mut cur) = self.directory.write() {
-                    *cur = d.clone();
-                }
-                // A department whose transfer account changed (or that left the
-                // directory) must not keep the old account's access: exported
-                // cases get their new owner (root only, for a removed department).
-                for case in self.exports.all() {
-                    let owner = d.department(&case.department).map(|x| x.transfer_uid).unwrap_or(0);
-                    if owner != case.owner_uid {
-                        info!(case = %case.case_ref, "case directory owner follows the reloaded directory");
-                        let mut updated = (*case).clone();
-                        updated.owner_uid = owner;
-                        self.exports.publish(updated);
-                    }
-                }
-                info!(departments = n, "directory reloaded");
-                Ok(())
-            }
+    /// Exported cases follow it: a case whose rule 1 no longer holds leaves
+    /// the mount, and a case directory's owner is the department's current
+    /// transfer account (root only, for a department that left).
+    pub async fn reload_directory(&self) -> Result<(), String> {
+        let d = match Directory::load(&self.cfg.directory, &crate::unix::resolve_user) {
+            Ok(d) => Arc::new(d),
             Err(e) => {
                 error!(error = %e, "directory reload refused; the previous directory stays in force");
-                Err(e.to_string())
+                return Err(e.to_string());
+            }
+        };
+        let _visibility = self.visibility.lock().await;
+        if let Ok(mut cur) = self.directory.write() {
+            *cur = d.clone();
+        }
+        for case in self.exports.all() {
+            let files = match self.store.case_files(&case.case_ref).await {
+                Ok(f) => f,
+                Err(e) => {
+                    error!(case = %case.case_ref, error = %e, "cannot re-check the case after the reload");
+                    continue;
+                }
+            };
+            if let Some(reason) = no_longer_authorized(&d, Some(&case.department), &files) {
+                self.hide(&case.case_ref, &format!("no longer authorized after a directory reload: {reason}"))
+                    .await;
+                continue;
+            }
+            let owner = d.department(&case.department).map(|x| x.transfer_uid).unwrap_or(0);
+            if owner != case.owner_uid {
+                info!(case = %case.case_ref, "case directory owner follows the reloaded directory");
+                let mut updated = (*case).clone();
+                updated.owner_uid = owner;
+                self.publish(updated).await;
             }
         }
+        info!(departments = d.departments.len(), "directory reloaded");
+        Ok(())
     }
 
     pub fn role(&self, c: &Caller) -> Role {
@@ -238,6 +253,18 @@ impl Service {
         }
     }
 
+    /// The answer to a caller who is neither staff nor a transfer account.
+    pub fn refuse_nobody(&self, caller: &Caller) -> Refusal {
+        warn!(uid = caller.uid, "refused: caller is neither staff nor a transfer account");
+        refuse(
+            RefusalKind::Denied,
+            format!(
+                "permission denied: uid {} is neither workcopy staff nor a department's transfer account",
+                caller.uid
+            ),
+        )
+    }
+
     pub fn actor(&self, uid: u32) -> Actor {
         Actor {
             name: self.names.name(uid),
@@ -249,14 +276,7 @@ impl Service {
         let role = self.role(caller);
         let op = req.name();
         if role == Role::Nobody {
-            warn!(op, uid = caller.uid, "refused: caller is neither staff nor a transfer account");
-            return Err(refuse(
-                RefusalKind::Denied,
-                format!(
-                    "permission denied: uid {} is neither workcopy staff nor a department's transfer account",
-                    caller.uid
-                ),
-            ));
+            return Err(self.refuse_nobody(caller));
         }
         let actor = self.actor(caller.uid);
         let result = self.dispatch(&role, &actor, req, fds).await;
@@ -357,7 +377,7 @@ impl Service {
             .jobs
             .lock()
             .ok()
-            .and_then(|j| j.get(&case.case_ref).map(|j| (j.done.load(Ordering::Relaxed), j.total)));
+            .and_then(|j| j.get(&case.case_ref).map(|j| (j.progress.done.load(Ordering::Relaxed), j.total)));
         let blocked_reason = if case.state == CaseState::Blocked {
             let events = self.store.events(&case.case_ref).await?;
             events
@@ -484,128 +504,169 @@ impl Service {
 
     async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str) -> Response {
         let case = self.visible_case(role, case_ref).await?;
+        let facts = CaseFacts {
+            state: case.state,
+            verified: case.verified,
+            department: case.department.as_deref(),
+        };
+        transition(role, Action::Approve, facts)?;
+        let files = self.store.case_files(&case.case_ref).await?;
+        // The directory may have changed since the case was opened: rule 1 must still hold.
+        if let Some(reason) = no_longer_authorized(&self.directory(), case.department.as_deref(), &files) {
+            return Err(refuse(RefusalKind::Failed, format!("approval refused: {reason}")));
+        }
         self.take(role, actor, &case, Action::Approve, json!({"mode": self.cfg.mode.to_string()}))
             .await?;
-        self.start_staging(case.case_ref.clone(), case.department.clone().unwrap_or_default())
-            .await;
+        self.start_staging(case.case_ref.clone(), files)?;
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }
 
     /// Stages (or checks, in direct mode) every file of an approved case in
     /// the background, then exports or blocks it.
-    async fn start_staging(self: &Arc<Self>, case_ref: String, department: String) {
-        let files = match self.store.case_files(&case_ref).await {
-            Ok(f) => f,
-            Err(e) => {
-                error!(case = %case_ref, error = %e, "cannot read the case's files to stage them");
-                return;
-            }
-        };
+    fn start_staging(self: &Arc<Self>, case_ref: String, files: Vec<CaseFile>) -> Result<(), Refusal> {
         let job = Arc::new(StagingJob {
-            done: AtomicU64::new(0),
+            progress: staging::Progress::default(),
             total: files.iter().map(|f| f.file.size).sum(),
         });
-        if let Ok(mut jobs) = self.jobs.lock() {
+        {
+            let mut jobs = self
+                .jobs
+                .lock()
+                .map_err(|_| refuse(RefusalKind::Internal, "staging table poisoned"))?;
             if jobs.contains_key(&case_ref) {
-                return;
+                return Err(refuse(RefusalKind::State, format!("case {case_ref} is being staged already")));
             }
             jobs.insert(case_ref.clone(), job.clone());
         }
         let svc = self.clone();
         tokio::spawn(async move {
-            let outcome = svc.stage_files(&case_ref, &department, &files, &job).await;
-            let system = Actor::system();
-            let result = match outcome {
-                Ok(exported) => {
-                    let details = json!({"files": files.len(), "bytes": job.total, "mode": svc.cfg.mode.to_string()});
-                    let r = svc
-                        .store
-                        .transition(
-                            &case_ref,
-                            CaseState::Approved,
-                            CaseState::Exported,
-                            NewEvent::new(&system, "exported", details),
-                        )
-                        .await;
-                    if r.is_ok() {
-                        svc.exports.publish(exported);
-                        info!(case = %case_ref, files = files.len(), bytes = job.total, "case exported");
-                    }
-                    r
-                }
-                Err(reason) => {
-                    let _ = std::fs::remove_dir_all(staging::case_dir(&svc.cfg.staging_dir(), &case_ref));
-                    svc.store
-                        .transition(
-                            &case_ref,
-                            CaseState::Approved,
-                            CaseState::Blocked,
-                            NewEvent::new(&system, "blocked", json!({"reason": reason})),
-                        )
-                        .await
-                }
-            };
-            match result {
-                Ok(rec) if rec.event == "blocked" => warn!(case = %case_ref, "staging failed; case blocked"),
-                Ok(_) => {}
-                // Closed or rejected while staging: the close already cleaned up.
-                Err(StoreError::Conflict { actual, .. }) if actual.is_terminal() => {
-                    info!(case = %case_ref, state = %actual, "staging ended after the case was closed");
-                    let _ = std::fs::remove_dir_all(staging::case_dir(&svc.cfg.staging_dir(), &case_ref));
-                }
-                Err(e) => error!(case = %case_ref, error = %e, "could not record the end of staging"),
-            }
+            let outcome = svc.stage_files(&case_ref, &files, &job).await;
+            // Off the table before the final transition, so the case can be approved again after a block.
             if let Ok(mut jobs) = svc.jobs.lock() {
                 jobs.remove(&case_ref);
             }
+            if job.progress.cancel.load(Ordering::Relaxed) {
+                // Stopped by a close, which takes the case from here.
+                let _ = svc.remove_staging(&case_ref).await;
+                return;
+            }
+            svc.end_staging(&case_ref, &files, job.total, outcome).await;
         });
+        Ok(())
     }
 
-    /// Brings every file to a verified state; returns what to publish.
-    async fn stage_files(
-        &self,
-        case_ref: &str,
-        department: &str,
-        files: &[CaseFile],
-        job: &Arc<StagingJob>,
-    ) -> Result<ExportedCase, String> {
+    /// Exports or blocks a case whose staging ended, under the visibility lock
+    /// so no close, reload or other export interleaves.
+    async fn end_staging(&self, case_ref: &str, files: &[CaseFile], bytes: u64, outcome: Result<Vec<(Backing, FileIdentity)>, String>) {
+        let _visibility = self.visibility.lock().await;
+        let case = match self.store.case(case_ref).await {
+            Ok(Some(c)) if c.state == CaseState::Approved => c,
+            Ok(Some(c)) => {
+                // Closed (or rejected) while staging: that already cleaned up; leave nothing behind.
+                info!(case = %case_ref, state = %c.state, "staging ended after the case left the approved state");
+                let _ = self.remove_staging(case_ref).await;
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                error!(case = %case_ref, error = %e, "cannot read the case after staging; it stays approved until the next start");
+                return;
+            }
+        };
+        let dir = self.directory();
+        let department = case.department.clone().unwrap_or_default();
+        let outcome = outcome.and_then(|backings| match no_longer_authorized(&dir, case.department.as_deref(), files) {
+            Some(reason) => Err(format!("no longer authorized: {reason}")),
+            None => self.exported_case(case_ref, &department, files, backings),
+        });
+        let system = Actor::system();
+        let (action, details, exported) = match outcome {
+            Ok(exported) => (
+                Action::Export,
+                json!({"files": files.len(), "bytes": bytes, "mode": self.cfg.mode.to_string()}),
+                Some(exported),
+            ),
+            Err(reason) => {
+                let _ = self.remove_staging(case_ref).await;
+                (Action::Block, json!({"reason": reason}), None)
+            }
+        };
+        // A busy or briefly failing database must not leave the case approved for good.
+        let mut tries = 0;
+        loop {
+            match self.take(&Role::System, &system, &case, action, details.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.kind == RefusalKind::Internal && tries < 5 => {
+                    tries += 1;
+                    warn!(case = %case_ref, error = %e, "recording the end of staging failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+                }
+                Err(e) => {
+                    error!(case = %case_ref, error = %e, "could not record the end of staging; it stays approved until the next start");
+                    return;
+                }
+            }
+        }
+        match exported {
+            Some(exported) => {
+                self.publish(exported).await;
+                info!(case = %case_ref, files = files.len(), bytes, "case exported");
+            }
+            None => warn!(case = %case_ref, "staging failed; case blocked"),
+        }
+    }
+
+    /// Brings every file to a verified state; returns where each file's bytes are.
+    async fn stage_files(&self, case_ref: &str, files: &[CaseFile], job: &Arc<StagingJob>) -> Result<Vec<(Backing, FileIdentity)>, String> {
         let mode = self.cfg.mode;
         let staging = self.cfg.staging_dir();
         let root = self.gdb_root.clone();
         let files_owned = files.to_vec();
         let case_ref_owned = case_ref.to_string();
         let job = job.clone();
-        let backings = tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, String> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, String> {
             let dir = staging::case_dir(&staging, &case_ref_owned);
-            if mode == Mode::Staged {
-                let _ = std::fs::remove_dir_all(&dir);
-                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            }
-            let mut out = Vec::new();
-            for (i, f) in files_owned.iter().enumerate() {
-                let e = Expect {
+            fn expect(f: &CaseFile) -> Expect<'_> {
+                Expect {
                     rel: f.file.path.as_str(),
                     size: f.file.size,
                     sha256: &f.file.sha256,
-                };
-                match mode {
-                    Mode::Staged => {
-                        let dest = staging::staged_file(&staging, &case_ref_owned, i);
-                        let id = staging::stage_copy(&*root, &e, &dest, &job.done).map_err(|e| e.to_string())?;
-                        out.push((Backing::Staged(dest), id));
-                    }
-                    Mode::Direct => {
-                        let id = staging::verify_in_place(&*root, &e, &job.done).map_err(|e| e.to_string())?;
-                        out.push((Backing::Gdb(f.file.path.to_string()), id));
+                }
+            }
+            if mode == Mode::Direct {
+                let mut out = Vec::new();
+                for f in &files_owned {
+                    let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(|e| e.to_string())?;
+                    out.push((Backing::Gdb(f.file.path.to_string()), id));
+                }
+                return Ok(out);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // Copy and verify every file first, letting the kernel write them
+            // back meanwhile; then make them durable together, and only then
+            // can the case be published.
+            let mut copies = Vec::new();
+            for (i, f) in files_owned.iter().enumerate() {
+                let dest = staging::staged_file(&staging, &case_ref_owned, i);
+                match staging::stage_copy_unsynced(&*root, &expect(f), &dest, &job.progress) {
+                    Ok(c) => copies.push((c, dest)),
+                    Err(e) => {
+                        copies.into_iter().for_each(|(c, _): (staging::StagedCopy, _)| c.discard());
+                        return Err(e.to_string());
                     }
                 }
             }
+            let mut out = Vec::new();
+            for (c, dest) in copies {
+                out.push((Backing::Staged(dest), c.commit().map_err(|e| e.to_string())?));
+            }
+            staging::sync_dir(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
             Ok(out)
         })
         .await
-        .map_err(|e| format!("staging task failed: {e}"))??;
-        self.exported_case(case_ref, department, files, backings)
+        .map_err(|e| format!("staging task failed: {e}"))?
     }
 
     fn exported_case(
@@ -644,13 +705,71 @@ impl Service {
         })
     }
 
+    /// Publishes to the mount; the kernel notifications it sends may wait, so off the runtime's workers.
+    async fn publish(&self, case: ExportedCase) {
+        let table = self.exports.clone();
+        let _ = tokio::task::spawn_blocking(move || table.publish(case)).await;
+    }
+
+    async fn withdraw(&self, case_ref: &str) {
+        let table = self.exports.clone();
+        let case_ref = case_ref.to_string();
+        let _ = tokio::task::spawn_blocking(move || table.withdraw(&case_ref)).await;
+    }
+
+    async fn remove_staging(&self, case_ref: &str) -> std::io::Result<()> {
+        let dir = staging::case_dir(&self.cfg.staging_dir(), case_ref);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // A job that stopped a moment ago may still have been creating a file.
+            Err(_) => std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
+            Ok(()) => Ok(()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    }
+
+    /// Stops a running staging job of the case and waits (up to 30 s) until it has let go.
+    async fn stop_staging(&self, case_ref: &str) {
+        let job = self.jobs.lock().ok().and_then(|j| j.get(case_ref).cloned());
+        let Some(job) = job else { return };
+        job.progress.cancel.store(true, Ordering::Relaxed);
+        for _ in 0..300 {
+            if self.jobs.lock().map(|j| !j.contains_key(case_ref)).unwrap_or(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        warn!(case = %case_ref, "staging did not stop within 30 s");
+    }
+
+    /// Takes a case to a terminal state: staging stopped, the state change and
+    /// the mount change together, then cleanup and the seal.
+    async fn end_case(
+        &self,
+        role: &Role,
+        actor: &Actor,
+        case_ref: &str,
+        action: Action,
+        details: serde_json::Value,
+    ) -> Result<(), Refusal> {
+        self.stop_staging(case_ref).await;
+        {
+            let _visibility = self.visibility.lock().await;
+            let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+            self.take(role, actor, &case, action, details).await?;
+            self.withdraw(case_ref).await;
+        }
+        self.finish(case_ref).await
+    }
+
     async fn case_reject(&self, role: &Role, actor: &Actor, case_ref: &str, reason: &str) -> Response {
         if reason.trim().is_empty() {
             return Err(refuse(RefusalKind::Invalid, "a rejection needs --reason"));
         }
         let case = self.visible_case(role, case_ref).await?;
-        self.take(role, actor, &case, Action::Reject, json!({"reason": reason})).await?;
-        self.finish(&case.case_ref).await?;
+        self.end_case(role, actor, &case.case_ref, Action::Reject, json!({"reason": reason}))
+            .await?;
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }
@@ -668,9 +787,10 @@ impl Service {
         let sums_file = receipt::format_sums(files.iter().map(|f| (f.export_name.as_str(), f.file.sha256.as_str())));
         let sums_sha = audit::hex(&sha2::Sha256::digest(sums_file.as_bytes()));
         if let Err(reason) = receipt::check_receipt(sums, &case.case_ref, &expected, SUMS_NAME, &sums_sha) {
-            self.store
-                .append(&case.case_ref, NewEvent::new(actor, "receipt_refused", json!({"reason": reason})))
-                .await?;
+            // Recorded only while the case is exported (never after a close), and bounded.
+            let recorded: String = reason.chars().take(2000).collect();
+            let ev = NewEvent::new(actor, "receipt_refused", json!({"reason": recorded}));
+            self.store.append_in(&case.case_ref, &[CaseState::Exported], ev).await?;
             return Err(refuse(RefusalKind::Failed, format!("receipt refused: {reason}")));
         }
         self.take(role, actor, &case, Action::Confirm, json!({"files": files.len()}))
@@ -692,12 +812,11 @@ impl Service {
             department: case.department.as_deref(),
         };
         transition(role, action, facts)?;
-        let events = self.store.events(&case.case_ref).await?;
-        audit::verify_chain(&case.case_ref, &events, Some((case.event_count, &case.head_hash)))
+        let (count, head, events) = self.store.log_snapshot(&case.case_ref).await?;
+        audit::verify_chain(&case.case_ref, &events, Some((count, &head)))
             .map_err(|e| refuse(RefusalKind::Failed, format!("close refused: the case log is broken: {e}")))?;
-        self.take(role, actor, &case, action, json!({"forced": force, "reason": reason}))
+        self.end_case(role, actor, &case.case_ref, action, json!({"forced": force, "reason": reason}))
             .await?;
-        self.finish(&case.case_ref).await?;
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }
@@ -706,31 +825,32 @@ impl Service {
     /// staging area is deleted, the log is sealed and written out. Safe to
     /// run again after a crash part-way.
     pub async fn finish(&self, case_ref: &str) -> Result<(), Refusal> {
-        self.exports.withdraw(case_ref);
-        let dir = staging::case_dir(&self.cfg.staging_dir(), case_ref);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(refuse(
-                    RefusalKind::Internal,
-                    format!("cannot delete the staging area {}: {e}", dir.display()),
-                ));
-            }
-        }
+        self.withdraw(case_ref).await;
+        self.remove_staging(case_ref).await.map_err(|e| {
+            refuse(
+                RefusalKind::Internal,
+                format!("cannot delete the staging area of {case_ref}: {e}; it is retried at the next expiry pass"),
+            )
+        })?;
         let mut events = self.store.events(case_ref).await?;
         if events.last().map(|e| e.event.as_str()) != Some(audit::SEALED) {
             let head = events.last().map(|e| e.hash.clone()).unwrap_or_default();
             let seal = json!({"records": events.len(), "head": head, "staging_deleted": true});
+            let terminal = [CaseState::Closed, CaseState::Rejected, CaseState::Expired];
             let rec = self
                 .store
-                .append(case_ref, NewEvent::new(&Actor::system(), audit::SEALED, seal))
+                .append_in(case_ref, &terminal, NewEvent::new(&Actor::system(), audit::SEALED, seal))
                 .await?;
             events.push(rec);
         }
-        write_sealed(&self.cfg.caselog_dir(), case_ref, &events)
+        let dir = self.cfg.caselog_dir();
+        let case_ref_owned = case_ref.to_string();
+        let n = events.len();
+        tokio::task::spawn_blocking(move || write_sealed(&dir, &case_ref_owned, &events))
+            .await
+            .map_err(|e| refuse(RefusalKind::Internal, e.to_string()))?
             .map_err(|e| refuse(RefusalKind::Internal, format!("cannot write the sealed case log: {e}")))?;
-        info!(case = %case_ref, records = events.len(), "case log sealed");
+        info!(case = %case_ref, records = n, "case log sealed");
         Ok(())
     }
 
@@ -743,9 +863,10 @@ impl Service {
             failures: Vec::new(),
         };
         for c in &cases {
-            let events = self.store.events(&c.case_ref).await?;
+            // Head and records from one snapshot: pulls append records all the time.
+            let (count, head, events) = self.store.log_snapshot(&c.case_ref).await?;
             report.records += events.len() as u64;
-            if let Err(e) = audit::verify_chain(&c.case_ref, &events, Some((c.event_count, &c.head_hash))) {
+            if let Err(e) = audit::verify_chain(&c.case_ref, &events, Some((count, &head))) {
                 report.failures.push(e.to_string());
                 continue;
             }
@@ -768,7 +889,8 @@ impl Service {
         Ok(Reply::Audit(report))
     }
 
-    /// Expires exported cases older than `case_ttl`.
+    /// Expires exported cases older than `case_ttl`, and finishes any case
+    /// whose cleanup failed earlier. One case's failure does not stop the others.
     pub async fn expire_due(&self) -> Result<usize, Refusal> {
         // `state_since` is whole seconds, rounded down: expire only once a
         // whole `case_ttl` has surely passed, never early.
@@ -781,82 +903,156 @@ impl Service {
             }
             let details =
                 json!({"reason": format!("receipt not confirmed within case_ttl ({})", humantime::format_duration(self.cfg.case_ttl))});
-            match self.take(&Role::System, &Actor::system(), &c, Action::Expire, details).await {
-                Ok(_) => {
-                    self.finish(&c.case_ref).await?;
+            match self
+                .end_case(&Role::System, &Actor::system(), &c.case_ref, Action::Expire, details)
+                .await
+            {
+                Ok(()) => {
                     info!(case = %c.case_ref, "case expired");
                     n += 1;
                 }
                 Err(e) => warn!(case = %c.case_ref, error = %e, "could not expire case"),
             }
         }
+        self.finish_unsealed().await;
         Ok(n)
     }
 
-    /// After a start: visible cases come back, interrupted staging restarts,
-    /// terminal cases whose cleanup was cut short are finished.
+    /// Terminal cases whose cleanup or seal did not happen (a crash, a failed delete).
+    async fn finish_unsealed(&self) {
+        let Ok(cases) = self.store.list_cases(None, None).await else {
+            return;
+        };
+        for c in cases.iter().filter(|c| c.state.is_terminal()) {
+            let sealed_file = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
+            let sealed = match self.store.events(&c.case_ref).await {
+                Ok(ev) => ev.last().map(|e| e.event.as_str()) == Some(audit::SEALED),
+                Err(_) => continue,
+            };
+            if !sealed || !sealed_file.exists() {
+                info!(case = %c.case_ref, "finishing an interrupted close");
+                if let Err(e) = self.finish(&c.case_ref).await {
+                    warn!(case = %c.case_ref, error = %e, "could not finish the case");
+                }
+            }
+        }
+    }
+
+    /// After a start: visible cases come back (at once where their staged
+    /// copies are complete, after verification otherwise), interrupted staging
+    /// restarts, interrupted closes are finished, and staging areas that
+    /// belong to no live case are deleted. One case's trouble does not stop the others.
     pub async fn recover(self: &Arc<Self>) -> Result<(), Refusal> {
-        for c in self.store.list_cases(None, None).await? {
+        let cases = self.store.list_cases(None, None).await?;
+        let dir = self.directory();
+        for c in &cases {
+            let files = match self.store.case_files(&c.case_ref).await {
+                Ok(f) => f,
+                Err(e) => {
+                    error!(case = %c.case_ref, error = %e, "cannot read the case's files");
+                    continue;
+                }
+            };
             match c.state {
                 CaseState::Approved => {
                     info!(case = %c.case_ref, "restarting interrupted staging");
-                    self.start_staging(c.case_ref.clone(), c.department.clone().unwrap_or_default())
-                        .await;
-                }
-                s if s.is_visible() => {
-                    let files = self.store.case_files(&c.case_ref).await?;
-                    match self.restore(&c.case_ref, c.department.as_deref().unwrap_or_default(), &files).await {
-                        Ok(case) => self.exports.publish(case),
-                        Err(reason) => {
-                            // The reason names GDB paths: it goes to the case log, not the journal.
-                            error!(case = %c.case_ref, "cannot restore exported case; it stays hidden (see its case log)");
-                            let ev = NewEvent::new(&Actor::system(), "restore_failed", json!({"reason": reason}));
-                            self.store.append(&c.case_ref, ev).await?;
-                        }
+                    if let Err(e) = self.start_staging(c.case_ref.clone(), files) {
+                        error!(case = %c.case_ref, error = %e, "cannot restart staging");
                     }
                 }
-                s if s.is_terminal() => {
-                    let events = self.store.events(&c.case_ref).await?;
-                    let sealed_file = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
-                    if events.last().map(|e| e.event.as_str()) != Some(audit::SEALED) || !sealed_file.exists() {
-                        info!(case = %c.case_ref, "finishing interrupted close");
-                        self.finish(&c.case_ref).await?;
+                s if s.is_visible() => {
+                    if let Some(reason) = no_longer_authorized(&dir, c.department.as_deref(), &files) {
+                        self.hide(&c.case_ref, &format!("no longer authorized: {reason}")).await;
+                        continue;
+                    }
+                    let department = c.department.clone().unwrap_or_default();
+                    match self.staged_copies(&c.case_ref, &files) {
+                        Some(backings) => match self.exported_case(&c.case_ref, &department, &files, backings) {
+                            Ok(case) => self.publish(case).await,
+                            Err(reason) => self.hide(&c.case_ref, &reason).await,
+                        },
+                        None => {
+                            // Direct mode, or staged copies lost: verify again, in the background.
+                            let svc = self.clone();
+                            let case_ref = c.case_ref.clone();
+                            tokio::spawn(async move { svc.restore(&case_ref, &department, &files).await });
+                        }
                     }
                 }
                 _ => {}
             }
         }
+        self.finish_unsealed().await;
+        self.remove_orphan_staging(&cases).await;
         Ok(())
     }
 
-    /// Rebuilds an exported case after a restart: staged copies must still be
-    /// there with their size (they were verified and fsynced before export);
-    /// a missing copy is staged and verified again.
-    async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) -> Result<ExportedCase, String> {
-        if self.cfg.mode == Mode::Staged {
-            let mut backings = Vec::new();
-            for (i, f) in files.iter().enumerate() {
-                let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
-                match std::fs::metadata(&p) {
-                    Ok(m) if m.is_file() && m.len() == f.file.size => backings.push((Backing::Staged(p), FileIdentity::of(&m))),
-                    _ => break,
-                }
-            }
-            if backings.len() == files.len() {
-                return self.exported_case(case_ref, department, files, backings);
-            }
-            warn!(case = %case_ref, "staged copies are missing; staging again");
+    /// Staged copies that are all there with their sizes (they were verified
+    /// and fsynced before the case was exported); `None` in direct mode.
+    fn staged_copies(&self, case_ref: &str, files: &[CaseFile]) -> Option<Vec<(Backing, FileIdentity)>> {
+        if self.cfg.mode != Mode::Staged {
+            return None;
         }
-        // Direct mode: the GDB file may have changed while the daemon was down,
-        // so its bytes are verified again before the case becomes visible.
-        let job = Arc::new(StagingJob {
-            done: AtomicU64::new(0),
-            total: files.iter().map(|f| f.file.size).sum(),
-        });
-        self.stage_files(case_ref, department, files, &job).await
+        let mut backings = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() && m.len() == f.file.size => backings.push((Backing::Staged(p), FileIdentity::of(&m))),
+                _ => return None,
+            }
+        }
+        Some(backings)
     }
 
-    /// One line for systemd's STATUS=.
+    /// Verifies an exported case's files again (direct mode: the GDB file may
+    /// have changed while the daemon was down) and publishes it if it is still visible.
+    async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) {
+        warn!(case = %case_ref, "verifying an exported case again before it comes back");
+        let job = Arc::new(StagingJob {
+            progress: staging::Progress::default(),
+            total: files.iter().map(|f| f.file.size).sum(),
+        });
+        let outcome = self.stage_files(case_ref, files, &job).await;
+        let _visibility = self.visibility.lock().await;
+        let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
+        if !still_visible {
+            return;
+        }
+        match outcome.and_then(|b| self.exported_case(case_ref, department, files, b)) {
+            Ok(case) => self.publish(case).await,
+            Err(reason) => self.hide(case_ref, &reason).await,
+        }
+    }
+
+    /// Keeps an exported case out of the mount, saying why in its log (the
+    /// reason may name GDB paths, so the journal gets only the reference).
+    async fn hide(&self, case_ref: &str, reason: &str) {
+        self.withdraw(case_ref).await;
+        error!(case = %case_ref, "case kept out of the mount (see its case log)");
+        let ev = NewEvent::new(&Actor::system(), "hidden", json!({"reason": reason}));
+        if let Err(e) = self.store.append_in(case_ref, &VISIBLE, ev).await {
+            warn!(case = %case_ref, error = %e, "could not record why the case is hidden");
+        }
+    }
+
+    async fn remove_orphan_staging(&self, cases: &[CaseRecord]) {
+        let live: std::collections::HashSet<&str> = cases
+            .iter()
+            .filter(|c| matches!(c.state, CaseState::Approved) || c.state.is_visible())
+            .map(|c| c.case_ref.as_str())
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.cfg.staging_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(name.as_str()) {
+                warn!(entry = %name, "deleting a staging area that belongs to no live case");
+                let _ = self.remove_staging(&name).await;
+            }
+        }
+    }
+
     pub async fn status_line(&self) -> String {
         match self.store.count_by_state().await {
             Ok(counts) => {
@@ -873,10 +1069,20 @@ impl Service {
             Err(e) => format!("case register unreadable: {e}"),
         }
     }
+}
 
-    pub fn caselog_path(&self, case_ref: &str) -> std::path::PathBuf {
-        self.cfg.caselog_dir().join(format!("{case_ref}.jsonl"))
-    }
+/// Why rule 1 (same user group as the submitting department) no longer holds
+/// for a case under this directory, if it does not.
+fn no_longer_authorized(dir: &Directory, department: Option<&str>, files: &[CaseFile]) -> Option<String> {
+    let Some(dept) = department.and_then(|d| dir.department(d)) else {
+        return Some(format!("department {} is not in the directory", department.unwrap_or("-")));
+    };
+    files.iter().find(|f| !dir.same_group(&dept.id, &f.file.department)).map(|f| {
+        format!(
+            "file {} was submitted by {}, which is not in the user group of {}",
+            f.file.file_id, f.file.department, dept.id
+        )
+    })
 }
 
 /// What a transfer account may see of a case: not the verification report,

@@ -17,8 +17,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const CHUNK: usize = 1 << 20;
 
+/// How far a staging job got, and whether it should stop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub cancel: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn advance(&self, n: usize, rel: &str) -> Result<(), StageError> {
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(StageError::Cancelled(rel.to_string()));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
+    #[error("{0}: staging stopped (the case was closed)")]
+    Cancelled(String),
     #[error("{path}: cannot open beneath gdb_root: {reason}")]
     Open { path: String, reason: String },
     #[error("{path}: is {actual} bytes, the catalog says {expected}")]
@@ -104,7 +123,7 @@ fn io(path: &str) -> impl Fn(std::io::Error) -> StageError + '_ {
 }
 
 /// Direct mode: hashes the GDB file in place.
-pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) -> Result<FileIdentity, StageError> {
+pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &Progress) -> Result<FileIdentity, StageError> {
     let mut f = open_beneath(root, e.rel)?;
     let before = FileIdentity::of(&f.metadata().map_err(io(e.rel))?);
     let size = before.size;
@@ -125,7 +144,7 @@ pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) ->
         }
         h.update(&buf[..n]);
         total += n as u64;
-        progress.fetch_add(n as u64, Ordering::Relaxed);
+        progress.advance(n, e.rel)?;
     }
     check(e, total, h)?;
     let after = FileIdentity::of(&f.metadata().map_err(io(e.rel))?);
@@ -138,12 +157,45 @@ pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &AtomicU64) ->
     Ok(after)
 }
 
-/// Staged mode: copies the GDB file to `dest` while hashing it; the copy is
-/// written to a temporary name, fsynced, and renamed into place only when it
-/// matched. On any failure the temporary file is removed.
-pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &AtomicU64) -> Result<FileIdentity, StageError> {
+/// A verified copy under its temporary name, not yet durable or visible.
+pub struct StagedCopy {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    rel: String,
+}
+
+impl StagedCopy {
+    /// Makes the copy durable and gives it its final name. The caller syncs
+    /// the directory once all copies of a case are committed ([`sync_dir`]).
+    pub fn commit(self) -> Result<FileIdentity, StageError> {
+        let result = (|| {
+            self.file.sync_all().map_err(io(&self.rel))?;
+            std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.rel))?;
+            Ok(FileIdentity::of(&self.file.metadata().map_err(io(&self.rel))?))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    /// Drops an uncommitted copy.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Staged mode: copies the GDB file to a temporary name beside `dest` while
+/// hashing it. The copy is kept only when it matched; nothing is synced yet,
+/// so a case's files can be written back by the kernel while the next one is
+/// copied, and synced together before the case is published.
+pub fn stage_copy_unsynced(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Progress) -> Result<StagedCopy, StageError> {
     let mut src = open_beneath(root, e.rel)?;
-    let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = temp_name(dest);
     let result = (|| {
         let mut out = std::fs::OpenOptions::new()
@@ -156,20 +208,32 @@ pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Atomi
         let _ = nix::fcntl::fallocate(&out, nix::fcntl::FallocateFlags::empty(), 0, e.size as i64);
         let (total, h) = copy_hashing(&mut src, &mut out, e, progress)?;
         check(e, total, h)?;
-        out.sync_all().map_err(io(e.rel))?;
-        std::fs::rename(&tmp, dest).map_err(io(e.rel))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io(e.rel))?;
-        Ok(FileIdentity::of(&out.metadata().map_err(io(e.rel))?))
+        Ok(out)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(file) => Ok(StagedCopy {
+            file,
+            tmp,
+            dest: dest.to_path_buf(),
+            rel: e.rel.to_string(),
+        }),
+        Err(err) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(err)
+        }
     }
-    result
+}
+
+/// Staged mode for one file: copy while hashing, fsync, rename, sync the directory.
+pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Progress) -> Result<FileIdentity, StageError> {
+    let id = stage_copy_unsynced(root, e, dest, progress)?.commit()?;
+    sync_dir(dest.parent().unwrap_or(Path::new("."))).map_err(io(e.rel))?;
+    Ok(id)
 }
 
 /// Reads and hashes on this thread while another writes, so hashing and
 /// writing overlap; buffers go round between the two.
-fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &AtomicU64) -> Result<(u64, Sha256), StageError> {
+fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &Progress) -> Result<(u64, Sha256), StageError> {
     use std::sync::mpsc::sync_channel;
     const DEPTH: usize = 4;
     let (full_tx, full_rx) = sync_channel::<Vec<u8>>(DEPTH);
@@ -202,7 +266,7 @@ fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &Atomi
                 buf.truncate(n);
                 h.update(&buf);
                 total += n as u64;
-                progress.fetch_add(n as u64, Ordering::Relaxed);
+                progress.advance(n, e.rel)?;
                 if total > e.size {
                     return Err(StageError::Size {
                         path: e.rel.to_string(),
@@ -277,9 +341,9 @@ mod tests {
             size: data.len() as u64,
             sha256: &sha(&data),
         };
-        let p = AtomicU64::new(0);
+        let p = Progress::default();
         verify_in_place(&rootfd, &good, &p)?;
-        assert_eq!(p.load(Ordering::Relaxed), data.len() as u64);
+        assert_eq!(p.done.load(Ordering::Relaxed), data.len() as u64);
         let dest = tmp.path().join("out.data");
         stage_copy(&rootfd, &good, &dest, &p)?;
         assert_eq!(std::fs::read(&dest)?, data);
@@ -308,6 +372,10 @@ mod tests {
             };
             assert!(matches!(verify_in_place(&rootfd, &e, &p), Err(StageError::Open { .. })), "{rel}");
         }
+        p.cancel.store(true, Ordering::Relaxed);
+        let dest3 = tmp.path().join("cancelled.data");
+        assert!(matches!(stage_copy(&rootfd, &good, &dest3, &p), Err(StageError::Cancelled(_))));
+        assert!(!dest3.exists() && !tmp.path().join(".partial.cancelled.data").exists());
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Look-ups in the system's user and group databases, and the identity of a
 //! caller.
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Group, Uid, User};
 use std::time::Duration;
 
 /// A user name or numeric id, as written in config and directory files.
@@ -74,13 +74,4 @@ pub fn process_groups(pid: u32) -> Vec<u32> {
         .find_map(|l| l.strip_prefix("Groups:"))
         .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
-}
-
-/// Whether the current process's effective uid is root.
-pub fn is_root() -> bool {
-    Uid::effective().is_root()
-}
-
-pub fn gid_exists(gid: u32) -> bool {
-    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(_)))
 }

@@ -1166,3 +1166,30 @@ fn a_reloaded_directory_moves_a_case_to_the_new_transfer_account() {
     let f = case_dir(&env, "R-MOVE").join(env.file("GDB-0001").base_name());
     run_as(Who::Dept(2005), &["cat", &f.display().to_string()]).ok();
 }
+
+/// Rule 1 is checked again when the directory changes: a department moved to
+/// another user group loses the cases that hold its files, exported or not.
+#[test]
+fn a_department_leaving_the_group_takes_its_files_out_of_other_departments_cases() {
+    let env = Env::ready();
+    // A1's requester asks for a file A2 submitted (same group A): verified.
+    env.cli(&["case", "open", "R-GRP-1", "--requester", ALICE, "GDB-0005"]).ok();
+    env.cli(&["case", "approve", "R-GRP-1"]).ok();
+    env.cli(&["case", "open", "R-GRP-2", "--requester", ALICE, "GDB-0005"]).ok();
+    assert_eq!(listing(&env, Who::Dept(UID_A1)), vec!["R-GRP-1".to_string()]);
+    // A2 moves to group B.
+    let moved = directory_toml("").replacen(
+        &format!("id = \"{DEPT_A2}\"\nname = \"Department A2\"\ngroup = \"{GROUP_A}\""),
+        &format!("id = \"{DEPT_A2}\"\nname = \"Department A2\"\ngroup = \"{GROUP_B}\""),
+        1,
+    );
+    assert_ne!(moved, directory_toml(""));
+    env.write_directory(&moved);
+    env.signal(nix::sys::signal::Signal::SIGHUP);
+    let gone = env.wait_for(Duration::from_secs(10), || listing(&env, Who::Dept(UID_A1)).is_empty());
+    assert!(gone, "the case is still in the mount\n{}", env.daemon_log());
+    assert!(listing(&env, Who::Root).is_empty());
+    assert!(env.events("R-GRP-1").iter().any(|e| e == "hidden"));
+    env.cli(&["case", "approve", "R-GRP-2"]).fails().stderr_has("not in the user group");
+    assert_eq!(env.state_of("R-GRP-2"), "open");
+}

@@ -4,6 +4,7 @@
 
 use super::frame::{FrameError, encode, recv_with_fds};
 use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Request, Response};
+use crate::domain::case::Role;
 use crate::service::{Caller, Service};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -39,12 +40,23 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// At most this many connections are served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+
 pub async fn run(listener: UnixListener, svc: Arc<Service>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    debug!("too many connections; closing a new one");
+                    continue;
+                };
                 let svc = svc.clone();
-                tokio::spawn(async move { connection(stream, svc).await });
+                tokio::spawn(async move {
+                    connection(stream, svc).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -77,6 +89,12 @@ async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
         pid: cred.pid().unwrap_or(0) as u32,
         groups: peer_groups(stream.as_raw_fd()),
     };
+    // Anyone who is neither staff nor a transfer account gets one answer and
+    // nothing else: no request is read, no memory is spent on it.
+    if svc.role(&caller) == Role::Nobody {
+        let _ = reply(&mut stream, &Err(svc.refuse_nobody(&caller))).await;
+        return;
+    }
     loop {
         let mut fds = Vec::new();
         let frame = match tokio::time::timeout(IDLE, read_frame(&stream, MAX_REQUEST, &mut fds)).await {

@@ -104,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     /// the same transaction), so no access is ever recorded after a close.
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError>;
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError>;
+    /// The case's head (record count, last hash) and its records, read in one
+    /// snapshot so records appended meanwhile cannot look like tampering.
+    async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError>;
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
 }
 

@@ -424,6 +424,22 @@ impl Store for SqliteStore {
         rows.iter().map(event_record).collect()
     }
 
+    async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
+        let mut tx = self.reader.begin().await?;
+        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = ?")
+            .bind(case_ref)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = ? ORDER BY rowid")
+            .bind(case_ref)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let events = rows.iter().map(event_record).collect::<Result<Vec<_>, _>>()?;
+        Ok((head.try_get::<i64, _>(0)? as u64, head.try_get(1)?, events))
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM cases GROUP BY state")
             .fetch_all(&self.reader)

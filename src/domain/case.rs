@@ -65,11 +65,6 @@ impl CaseState {
     pub fn is_visible(self) -> bool {
         matches!(self, CaseState::Exported | CaseState::Received)
     }
-
-    /// Whether the case holds its catalog files (their core fields may not change).
-    pub fn holds_files(self) -> bool {
-        !self.is_terminal()
-    }
 }
 
 impl fmt::Display for CaseState {

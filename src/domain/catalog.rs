@@ -41,15 +41,6 @@ impl CatalogFile {
     pub fn submitted_at(&self) -> String {
         format_ns(self.submitted_ns)
     }
-
-    /// Whether `other` differs in what a case depends on (everything but the extra columns).
-    pub fn core_differs(&self, other: &CatalogFile) -> bool {
-        self.path != other.path
-            || self.department != other.department
-            || self.size != other.size
-            || self.sha256 != other.sha256
-            || self.submitted_ns != other.submitted_ns
-    }
 }
 
 /// RFC 3339 in UTC for a unix time in nanoseconds.

@@ -255,15 +255,40 @@ pub fn verify(form: &RequestForm, directory: &Directory, matches: &[Vec<CatalogF
     }
 
     let names = export_names(files.iter().map(|f| (&f.file.file_id, f.file.path.base_name())));
+    // A name the mount cannot show (too long) or that two files would share
+    // is refused here rather than make a case that can never be received.
+    let mut seen = std::collections::HashSet::new();
+    let unusable: Vec<Option<String>> = names
+        .iter()
+        .map(|n| {
+            if n.len() > 255 {
+                Some(format!("its name in the case directory, {n:?}, is longer than 255 bytes"))
+            } else if !seen.insert(n.as_str()) {
+                Some(format!("its name in the case directory, {n:?}, clashes with another file's"))
+            } else {
+                None
+            }
+        })
+        .collect();
     for (f, n) in files.iter_mut().zip(&names) {
         f.export_name = n.clone();
     }
-    let mut it = names.into_iter();
+    let mut it = names.iter().zip(&unusable);
     for l in &mut lines {
         if let Outcome::Resolved { export_name, .. } = &mut l.outcome {
-            *export_name = it.next().unwrap_or_default();
+            let (name, problem) = it.next().map(|(n, p)| (n.clone(), p.clone())).unwrap_or_default();
+            match problem {
+                Some(reason) => l.outcome = Outcome::Invalid { reason },
+                None => *export_name = name,
+            }
         }
     }
+    let files = files
+        .into_iter()
+        .zip(unusable)
+        .filter(|(_, p)| p.is_none())
+        .map(|(f, _)| f)
+        .collect();
     (
         Report {
             department,
@@ -409,6 +434,32 @@ mod tests {
         assert!(verify(&f, &dir, &m, 20).0.verified());
 
         assert!(!verify(&form("alice@regionh.dk", &[]), &dir, &[], 20).0.verified());
+    }
+
+    #[test]
+    fn names_the_mount_cannot_show_are_refused() {
+        // Two files share a 200-byte base name; with 100-byte ids the prefixed names pass 255 bytes.
+        let long = format!("{}.fastq", "a".repeat(200));
+        let (id1, id2) = ("A".repeat(100), "B".repeat(100));
+        let f1 = file(&id1, &format!("x/{long}"), "RH-KGA");
+        let f2 = file(&id2, &format!("y/{long}"), "RH-KGA");
+        let (r, files) = verify(&form("alice@regionh.dk", &[&id1, &id2]), &sample(), &[vec![f1], vec![f2]], 20);
+        assert!(!r.verified());
+        assert!(matches!(&r.lines[0].outcome, Outcome::Invalid { reason } if reason.contains("255")));
+        assert!(files.is_empty());
+        // Both prefixed names clash: F1 + "_x" and F1_ + "x" give "F1___x".
+        let a = file("F1", "a/_x", "RH-KGA");
+        let b = file("F1_", "b/x", "RH-KGA");
+        let c = file("F9", "c/_x", "RH-KGA");
+        let d = file("F8", "d/x", "RH-KGA");
+        let m = [vec![a], vec![b], vec![c], vec![d]];
+        let (r, _) = verify(&form("alice@regionh.dk", &["F1", "F1_", "F9", "F8"]), &sample(), &m, 20);
+        assert!(!r.verified());
+        assert!(
+            r.lines
+                .iter()
+                .any(|l| matches!(&l.outcome, Outcome::Invalid { reason } if reason.contains("clashes")))
+        );
     }
 
     #[test]

@@ -29,8 +29,6 @@ pub const TTL: Duration = Duration::from_secs(1);
 pub enum FsError {
     #[error("no such entry")]
     NotFound,
-    #[error("permission denied")]
-    Denied,
     #[error("read-only file system")]
     ReadOnly,
     #[error("not a directory")]
@@ -355,7 +353,14 @@ impl ExportFs {
     /// Opens a file read-only. The access is recorded before the open
     /// succeeds; the backing file must be the verified one.
     pub fn open(&self, c: &Caller, ino: u64, write: bool) -> Result<(u64, Arc<File>), FsError> {
-        let node = self.node(ino).ok_or(FsError::NotFound)?;
+        // The node and its case's revocation flag are read together, so an
+        // open cannot pair a replaced node with the new version's flag.
+        let (node, revoked) = {
+            let t = self.table.read().map_err(|_| FsError::NotFound)?;
+            let node = t.get(ino).cloned().ok_or(FsError::NotFound)?;
+            let revoked = self.revoked_flag(&node.case().case_ref).ok_or(FsError::NotFound)?;
+            (node, revoked)
+        };
         let case = node.case().clone();
         if !self.may_see(c, &case) {
             return Err(FsError::NotFound);
@@ -392,7 +397,6 @@ impl ExportFs {
                 (Arc::new(file), f.name.clone(), f.file_id.clone(), f.size)
             }
         };
-        let revoked = self.revoked_flag(&case.case_ref).ok_or(FsError::NotFound)?;
         let access = Access {
             case_ref: case.case_ref.clone(),
             uid: c.uid,
@@ -455,8 +459,8 @@ impl ExportFs {
         Ok(buf)
     }
 
-    /// Bytes delivered through a passthrough open cannot be counted; the
-    /// adapter reports them as the file's size when it knows the reader got to the end.
+    /// Bytes delivered through a passthrough open are read by the kernel
+    /// without us, so only user-space opens get a read record.
     pub fn release(&self, fh: u64, passthrough: bool) {
         let f = self.files.lock().ok().and_then(|mut m| m.remove(&fh));
         if let Some(f) = f {
@@ -535,10 +539,23 @@ use std::os::unix::fs::OpenOptionsExt;
 impl ExportListener for ExportFs {
     fn published(&self, case: &ExportedCase) {
         let case = Arc::new(case.clone());
-        if let Ok(mut m) = self.revoked.lock() {
-            m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false)));
+        let (changed, replaced) = match self.table.write() {
+            Ok(mut t) => {
+                let existed = t.case_dir(&case.case_ref).is_some();
+                let (_, replaced) = t.insert(case.clone());
+                (!existed || replaced.is_some(), replaced)
+            }
+            Err(_) => (false, None),
+        };
+        if changed {
+            // Files opened under an earlier version of the case (another owner,
+            // say) must not go on reading: their flag is set, new opens get a new one.
+            if let Ok(mut m) = self.revoked.lock() {
+                if let Some(old) = m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false))) {
+                    old.store(true, Ordering::Release);
+                }
+            }
         }
-        let replaced = self.table.write().ok().and_then(|mut t| t.insert(case.clone()).1);
         if let Some(r) = replaced {
             self.invalidate(&r);
         }

@@ -20,7 +20,6 @@ use tracing::{debug, info, warn};
 pub fn errno(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
-        FsError::Denied => Errno::EACCES,
         FsError::ReadOnly => Errno::EROFS,
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
@@ -204,7 +203,7 @@ impl Filesystem for FuseAdapter {
         if self.passthrough.load(Ordering::Acquire) {
             let mut b = match self.backings.lock() {
                 Ok(b) => b,
-                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::empty()),
             };
             let existing = b.by_ino.get(&ino.0).and_then(Weak::upgrade);
             let id = match existing {
@@ -226,7 +225,9 @@ impl Filesystem for FuseAdapter {
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
             }
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        // No FOPEN_KEEP_CACHE: every read of a user-space open reaches the core,
+        // which refuses reads of a case that has left.
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn read(

@@ -134,12 +134,9 @@ impl InodeTable {
         self.by_case.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 }
 

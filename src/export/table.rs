@@ -128,12 +128,4 @@ impl ExportTable {
     pub fn all(&self) -> Vec<Arc<ExportedCase>> {
         self.cases.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
-
-    pub fn len(&self) -> usize {
-        self.cases.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
