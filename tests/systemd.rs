@@ -157,3 +157,63 @@ fn is_mount(p: &Path) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+#[test]
+fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install");
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Left for you to do"), "{text}");
+    for f in [
+        "usr/local/bin/workcopy",
+        "etc/systemd/system/workcopy.service",
+        "usr/lib/sysusers.d/workcopy.conf",
+        "usr/lib/tmpfiles.d/workcopy.conf",
+        "etc/workcopy/workcopy.toml",
+        "etc/workcopy/directory.toml",
+        "usr/lib/workcopy/workcopy-ssh-gate",
+        "usr/lib/workcopy/workcopy-pull",
+        "usr/lib/workcopy/workcopy-unspring",
+        "usr/local/share/man/man1/workcopy.1",
+        "usr/local/share/man/man1/workcopy-case-open.1",
+        "usr/share/bash-completion/completions/workcopy",
+        "usr/share/doc/workcopy/OPERATIONS.md",
+    ] {
+        assert!(root.join(f).is_file(), "{f} was not installed");
+    }
+    // The example config parses as a config (the paths in it are absolute).
+    let cfg = workcopy::config::Config::load(&root.join("etc/workcopy/workcopy.toml"));
+    assert!(cfg.is_ok(), "{:?}", cfg.err());
+    // A second install keeps the admin's files and adds .example beside them.
+    std::fs::write(root.join("etc/workcopy/directory.toml"), "# mine\n").unwrap();
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/workcopy/directory.toml")).unwrap(),
+        "# mine\n"
+    );
+    assert!(root.join("etc/workcopy/directory.toml.example").is_file());
+    // The installed unit, with its binary where it says, verifies.
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/workcopy.service"))
+        .unwrap()
+        .replace("/usr/local/bin/workcopy", root.join("usr/local/bin/workcopy").to_str().unwrap());
+    let path = tmp.path().join("workcopy.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("MANPATH", root.join("usr/local/share/man"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "{text}");
+}

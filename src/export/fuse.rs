@@ -203,7 +203,7 @@ impl Filesystem for FuseAdapter {
         if self.passthrough.load(Ordering::Acquire) {
             let mut b = match self.backings.lock() {
                 Ok(b) => b,
-                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             };
             let existing = b.by_ino.get(&ino.0).and_then(Weak::upgrade);
             let id = match existing {
@@ -225,9 +225,10 @@ impl Filesystem for FuseAdapter {
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
             }
         }
-        // No FOPEN_KEEP_CACHE: every read of a user-space open reaches the core,
-        // which refuses reads of a case that has left.
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // The file's bytes never change while its inode lives (a changed case
+        // gets new inodes), so the kernel may keep them cached across opens;
+        // when the case leaves, its inodes are invalidated, cache included.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -241,9 +242,15 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(Self::fail("read", e)),
+        // `reply` is used in exactly one of the two arms.
+        let reply = std::cell::Cell::new(Some(reply));
+        let sent = self.core.read_with(fh.0, offset, size, |data| {
+            if let Some(r) = reply.take() {
+                r.data(data);
+            }
+        });
+        if let (Err(e), Some(r)) = (sent, reply.take()) {
+            r.error(Self::fail("read", e));
         }
     }
 

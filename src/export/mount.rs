@@ -54,6 +54,24 @@ pub fn detach_stale(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Readahead of the mount, in KiB. The kernel's default (128) makes the
+/// user-space read path issue small requests; at 4 MiB it reads at about
+/// twice the speed (scripts/bench, read). Passthrough reads are unaffected.
+const READAHEAD_KB: u32 = 4096;
+
+/// Sets the mount's readahead through its backing-device entry in sysfs
+/// (best effort: a kernel without it reads with the default).
+fn raise_readahead(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let dev = meta.dev();
+    let bdi = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    match std::fs::write(&bdi, READAHEAD_KB.to_string()) {
+        Ok(()) => info!(read_ahead_kb = READAHEAD_KB, "mount readahead raised"),
+        Err(e) => warn!(error = %e, path = %bdi, "cannot raise the mount's readahead"),
+    }
+}
+
 pub struct Mounted {
     session: Option<BackgroundSession>,
     path: PathBuf,
@@ -82,6 +100,7 @@ pub fn mount(core: Arc<ExportFs>, path: &Path, passthrough: Arc<AtomicBool>) -> 
     core.set_invalidator(Arc::new(KernelInvalidator(session.notifier())));
     let session = session.spawn()?;
     info!(mount_point = %path.display(), "export mounted");
+    raise_readahead(path);
     Ok(Mounted {
         session: Some(session),
         path: path.to_path_buf(),
