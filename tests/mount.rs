@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
 
-/// How long any one external command may run.
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// `setpriv` arguments that make a command run as `who` (none for root).
 fn setpriv_args(who: Who) -> Vec<String> {
     let (uid, groups) = match who {
@@ -53,39 +50,9 @@ fn command_as(who: Who, argv: &[&str]) -> Command {
     cmd
 }
 
-/// Runs a command to the end (at most [`CMD_TIMEOUT`]) and collects its output.
-fn run_cmd(mut cmd: Command, desc: String) -> Out {
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + CMD_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{desc} did not finish within {CMD_TIMEOUT:?}");
-            }
-        }
-    };
-    Out {
-        cmd: desc,
-        status: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&t1.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&t2.join().unwrap_or_default()).into_owned(),
-    }
+/// Runs a command to the end (at most a minute) and collects its output.
+fn run_cmd(cmd: Command, desc: String) -> Out {
+    run_with_timeout(cmd, None, &desc)
 }
 
 /// Runs `argv` as `who`.

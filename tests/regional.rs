@@ -18,7 +18,7 @@ mod common;
 use common::*;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid, User};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------- helpers
 
 /// How long any one external command may run.
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The OpenSSH server binary (Debian package openssh-server).
 const SSHD: &str = "/usr/sbin/sshd";
 /// System tools only: a root-only PATH entry would hide them from other uids.
@@ -41,48 +40,12 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
 }
 
-/// Runs a command to the end (at most [`CMD_TIMEOUT`]), feeding `input`, and collects its output.
+/// Runs a command to the end (at most a minute), feeding `input`, and collects its output.
 fn run(mut cmd: Command, desc: &str, input: Option<&str>) -> Out {
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-        let data = data.as_bytes().to_vec();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-    }
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + CMD_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{desc} did not finish within {CMD_TIMEOUT:?}");
-            }
-        }
-    };
-    Out {
-        cmd: desc.to_string(),
-        status: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&t1.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&t2.join().unwrap_or_default()).into_owned(),
-    }
+    run_with_timeout(cmd, input.map(str::as_bytes), desc)
 }
 
 /// `argv` as a command run as root in the C locale with the system PATH.

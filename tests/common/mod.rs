@@ -798,7 +798,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// Runs a command to the end (at most [`CLI_TIMEOUT`]), collecting its output.
-fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, desc: &str) -> Out {
+pub fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, desc: &str) -> Out {
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         let data = data.to_vec();
