@@ -119,6 +119,8 @@ pub struct Service {
     /// Held across "state change + mount change" (export, close, reload), so
     /// the mount never shows what the case's state or the directory forbids.
     visibility: tokio::sync::Mutex<()>,
+    /// Held while a case is cleaned up and sealed.
+    finishing: tokio::sync::Mutex<()>,
 }
 
 fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
@@ -181,6 +183,7 @@ impl Service {
             stats: Arc::new(Stats::default()),
             mount_info: RwLock::new(None),
             visibility: tokio::sync::Mutex::new(()),
+            finishing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -559,62 +562,71 @@ impl Service {
     /// Exports or blocks a case whose staging ended, under the visibility lock
     /// so no close, reload or other export interleaves.
     async fn end_staging(&self, case_ref: &str, files: &[CaseFile], bytes: u64, outcome: Result<Vec<(Backing, FileIdentity)>, String>) {
+        let mut outcome = Some(outcome);
+        // A busy or briefly failing database must not leave the case approved
+        // for good: retry, waiting without holding the lock.
+        for attempt in 0..6u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            match self.try_end_staging(case_ref, files, bytes, &mut outcome).await {
+                Ok(()) => return,
+                Err(e) => warn!(case = %case_ref, error = %e, attempt, "recording the end of staging failed"),
+            }
+        }
+        error!(case = %case_ref, "could not record the end of staging; it stays approved until the next start");
+    }
+
+    /// One attempt of [`end_staging`](Self::end_staging); `Err` only for a database failure.
+    async fn try_end_staging(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        bytes: u64,
+        outcome: &mut Option<Result<Vec<(Backing, FileIdentity)>, String>>,
+    ) -> Result<(), Refusal> {
         let _visibility = self.visibility.lock().await;
-        let case = match self.store.case(case_ref).await {
-            Ok(Some(c)) if c.state == CaseState::Approved => c,
-            Ok(Some(c)) => {
-                // Closed (or rejected) while staging: that already cleaned up; leave nothing behind.
+        let case = match self.store.case(case_ref).await? {
+            Some(c) if c.state == CaseState::Approved => c,
+            Some(c) => {
+                // Closed while staging: that already cleaned up; leave nothing behind.
                 info!(case = %case_ref, state = %c.state, "staging ended after the case left the approved state");
                 let _ = self.remove_staging(case_ref).await;
-                return;
+                return Ok(());
             }
-            Ok(None) => return,
-            Err(e) => {
-                error!(case = %case_ref, error = %e, "cannot read the case after staging; it stays approved until the next start");
-                return;
-            }
+            None => return Ok(()),
         };
         let dir = self.directory();
         let department = case.department.clone().unwrap_or_default();
-        let outcome = outcome.and_then(|backings| match no_longer_authorized(&dir, case.department.as_deref(), files) {
+        let staged = outcome.take().unwrap_or_else(|| Err("staging outcome lost".into()));
+        // Kept for another attempt should this one fail to record its result.
+        let keep = staged.clone();
+        let checked = staged.and_then(|backings| match no_longer_authorized(&dir, case.department.as_deref(), files) {
             Some(reason) => Err(format!("no longer authorized: {reason}")),
             None => self.exported_case(case_ref, &department, files, backings),
         });
         let system = Actor::system();
-        let (action, details, exported) = match outcome {
-            Ok(exported) => (
-                Action::Export,
-                json!({"files": files.len(), "bytes": bytes, "mode": self.cfg.mode.to_string()}),
-                Some(exported),
-            ),
-            Err(reason) => {
-                let _ = self.remove_staging(case_ref).await;
-                (Action::Block, json!({"reason": reason}), None)
-            }
-        };
-        // A busy or briefly failing database must not leave the case approved for good.
-        let mut tries = 0;
-        loop {
-            match self.take(&Role::System, &system, &case, action, details.clone()).await {
-                Ok(_) => break,
-                Err(e) if e.kind == RefusalKind::Internal && tries < 5 => {
-                    tries += 1;
-                    warn!(case = %case_ref, error = %e, "recording the end of staging failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+        match checked {
+            Ok(exported) => {
+                let details = json!({"files": files.len(), "bytes": bytes, "mode": self.cfg.mode.to_string()});
+                if let Err(e) = self.take(&Role::System, &system, &case, Action::Export, details).await {
+                    *outcome = Some(keep);
+                    return Err(e);
                 }
-                Err(e) => {
-                    error!(case = %case_ref, error = %e, "could not record the end of staging; it stays approved until the next start");
-                    return;
-                }
-            }
-        }
-        match exported {
-            Some(exported) => {
                 self.publish(exported).await;
                 info!(case = %case_ref, files = files.len(), bytes, "case exported");
             }
-            None => warn!(case = %case_ref, "staging failed; case blocked"),
+            Err(reason) => {
+                let _ = self.remove_staging(case_ref).await;
+                let details = json!({"reason": reason});
+                if let Err(e) = self.take(&Role::System, &system, &case, Action::Block, details).await {
+                    *outcome = Some(keep);
+                    return Err(e);
+                }
+                warn!(case = %case_ref, "staging failed; case blocked");
+            }
         }
+        Ok(())
     }
 
     /// Brings every file to a verified state; returns where each file's bytes are.
@@ -753,6 +765,14 @@ impl Service {
         action: Action,
         details: serde_json::Value,
     ) -> Result<(), Refusal> {
+        // Only a change the rules allow may stop a running staging job.
+        let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+        let facts = CaseFacts {
+            state: case.state,
+            verified: case.verified,
+            department: case.department.as_deref(),
+        };
+        transition(role, action, facts)?;
         self.stop_staging(case_ref).await;
         {
             let _visibility = self.visibility.lock().await;
@@ -825,6 +845,8 @@ impl Service {
     /// staging area is deleted, the log is sealed and written out. Safe to
     /// run again after a crash part-way.
     pub async fn finish(&self, case_ref: &str) -> Result<(), Refusal> {
+        // A close and the expiry pass's retry must not both seal the same log.
+        let _finishing = self.finishing.lock().await;
         self.withdraw(case_ref).await;
         self.remove_staging(case_ref).await.map_err(|e| {
             refuse(
@@ -1016,6 +1038,11 @@ impl Service {
         let _visibility = self.visibility.lock().await;
         let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
         if !still_visible {
+            return;
+        }
+        // The directory may have been reloaded while the files were verified.
+        if let Some(reason) = no_longer_authorized(&self.directory(), Some(department), files) {
+            self.hide(case_ref, &format!("no longer authorized: {reason}")).await;
             return;
         }
         match outcome.and_then(|b| self.exported_case(case_ref, department, files, b)) {

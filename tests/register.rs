@@ -1287,3 +1287,21 @@ fn force_close_during_staging_leaves_nothing_behind() {
     }
     env.cli(&["audit", "verify"]).ok();
 }
+
+/// A refused change (reject of an approved case, by staff or by the case's
+/// own department) must not disturb the staging that is running.
+#[test]
+fn a_refused_reject_during_staging_leaves_staging_alone() {
+    let (env, _) = env_with_big_file();
+    open(&env, "RJ-1", ALICE, &["GDB-0001", "GDB-0900"]).ok();
+    env.cli(&["case", "approve", "RJ-1", "--no-wait"]).ok();
+    env.cli(&["case", "reject", "RJ-1", "--reason", "too late"])
+        .fails()
+        .stderr_has("approved");
+    env.cli_as(Who::Dept(UID_A1), &["case", "reject", "RJ-1", "--reason", "mine"])
+        .fails()
+        .stderr_has("permission denied");
+    let exported = env.wait_for(Duration::from_secs(60), || env.state_of("RJ-1") == "exported");
+    assert!(exported, "staging was disturbed: {}\n{}", env.state_of("RJ-1"), env.daemon_log());
+    assert!(!env.events("RJ-1").iter().any(|e| e == "blocked"));
+}

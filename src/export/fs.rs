@@ -554,23 +554,25 @@ use std::os::unix::fs::OpenOptionsExt;
 impl ExportListener for ExportFs {
     fn published(&self, case: &ExportedCase) {
         let case = Arc::new(case.clone());
-        let (changed, replaced) = match self.table.write() {
+        let replaced = match self.table.write() {
             Ok(mut t) => {
                 let existed = t.case_dir(&case.case_ref).is_some();
                 let (_, replaced) = t.insert(case.clone());
-                (!existed || replaced.is_some(), replaced)
-            }
-            Err(_) => (false, None),
-        };
-        if changed {
-            // Files opened under an earlier version of the case (another owner,
-            // say) must not go on reading: their flag is set, new opens get a new one.
-            if let Ok(mut m) = self.revoked.lock() {
-                if let Some(old) = m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false))) {
-                    old.store(true, Ordering::Release);
+                // Files opened under an earlier version of the case (another owner,
+                // say) must not go on reading: their flag is set, new opens get a
+                // new one. Swapped while the table is still locked, so no open
+                // can pair the new node with the old flag (same lock order as open).
+                if !existed || replaced.is_some() {
+                    if let Ok(mut m) = self.revoked.lock() {
+                        if let Some(old) = m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false))) {
+                            old.store(true, Ordering::Release);
+                        }
+                    }
                 }
+                replaced
             }
-        }
+            Err(_) => None,
+        };
         if let Some(r) = replaced {
             self.invalidate(&r);
         }

@@ -203,7 +203,7 @@ impl Filesystem for FuseAdapter {
         if self.passthrough.load(Ordering::Acquire) {
             let mut b = match self.backings.lock() {
                 Ok(b) => b,
-                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::empty()),
             };
             let existing = b.by_ino.get(&ino.0).and_then(Weak::upgrade);
             let id = match existing {
@@ -225,10 +225,9 @@ impl Filesystem for FuseAdapter {
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
             }
         }
-        // The file's bytes never change while its inode lives (a changed case
-        // gets new inodes), so the kernel may keep them cached across opens;
-        // when the case leaves, its inodes are invalidated, cache included.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        // No FOPEN_KEEP_CACHE: each open reads through the daemon again, so
+        // the read record written at release counts what this open was served.
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn read(
