@@ -1,7 +1,8 @@
 //! Inode numbers for the export filesystem. The root is 1; every published
 //! case gets a directory inode and one inode per file plus one for
-//! `SHA256SUMS`. Numbers are never reused while the daemon runs, so a kernel
-//! that still holds an old inode can never reach another case's file.
+//! `SHA256SUMS`. Numbers are not reused while the daemon runs (a 62-bit
+//! keyed hash of a counter), so a kernel that still holds an old inode
+//! cannot reach another case's file.
 
 use super::table::ExportedCase;
 use std::collections::{BTreeMap, HashMap};
@@ -33,9 +34,14 @@ impl Node {
     }
 }
 
+/// Inode numbers are a keyed hash of an allocation counter: unique in
+/// practice (and checked against the live ones), and unordered, so the
+/// numbers a department sees say nothing about how many other cases were
+/// exported in between.
 #[derive(Debug)]
 pub struct InodeTable {
     next: u64,
+    key: std::collections::hash_map::RandomState,
     nodes: HashMap<u64, Node>,
     by_case: BTreeMap<String, u64>,
 }
@@ -43,7 +49,8 @@ pub struct InodeTable {
 impl Default for InodeTable {
     fn default() -> Self {
         InodeTable {
-            next: ROOT + 1,
+            next: 0,
+            key: std::collections::hash_map::RandomState::new(),
             nodes: HashMap::new(),
             by_case: BTreeMap::new(),
         }
@@ -60,9 +67,15 @@ pub struct Removed {
 
 impl InodeTable {
     fn alloc(&mut self) -> u64 {
-        let ino = self.next;
-        self.next += 1;
-        ino
+        use std::hash::BuildHasher;
+        loop {
+            self.next += 1;
+            // 62 bits: positive as an i64 everywhere, never 0 or the root.
+            let ino = self.key.hash_one(self.next) >> 2;
+            if ino > ROOT && !self.nodes.contains_key(&ino) {
+                return ino;
+            }
+        }
     }
 
     /// Adds a case, replacing an earlier one of the same name (whose inodes go).
@@ -180,6 +193,24 @@ pub(crate) mod tests {
             (0u8..6, proptest::collection::vec(0u8..5, 0..4)).prop_map(|(c, f)| Op::Insert(c, f)),
             (0u8..6).prop_map(Op::Remove),
         ]
+    }
+
+    #[test]
+    fn inode_numbers_say_nothing_about_order_or_other_tables() {
+        let mut a = InodeTable::default();
+        let mut b = InodeTable::default();
+        let files = ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"];
+        let mut seq = Vec::new();
+        for i in 0..6 {
+            let (da, _) = a.insert(Arc::new(case(&format!("C{i}"), &files)));
+            let (db, _) = b.insert(Arc::new(case(&format!("C{i}"), &files)));
+            assert_ne!(da, db, "two daemons number the same cases alike");
+            seq.push(da);
+        }
+        let mut sorted = seq.clone();
+        sorted.sort_unstable();
+        assert_ne!(seq, sorted, "directory inodes grow in allocation order");
+        assert!(seq.iter().all(|i| *i > ROOT && *i < 1 << 62));
     }
 
     proptest! {
