@@ -106,11 +106,18 @@ def read_file(path, bs=MiB, drop_cache=False):
         os.close(fd)
 
 
+def settle():
+    """Lets writeback of an earlier run finish, so no run pays for another's."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def alternate(runs, variants):
     """Runs each variant once per round, round after round; returns medians."""
     times = {name: [] for name in variants}
     for _ in range(runs):
         for name, fn in variants.items():
+            settle()
             times[name].append(timed(fn))
     return {name: statistics.median(v) for name, v in times.items()}, times
 

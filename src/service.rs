@@ -656,9 +656,8 @@ impl Service {
             }
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            // Copy and verify every file first, letting the kernel write them
-            // back meanwhile; then make them durable together, and only then
-            // can the case be published.
+            // Copy and verify every file first, then make them durable
+            // together; only then can the case be published.
             let mut copies = Vec::new();
             for (i, f) in files_owned.iter().enumerate() {
                 let dest = staging::staged_file(&staging, &case_ref_owned, i);

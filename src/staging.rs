@@ -191,9 +191,8 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Staged mode: copies the GDB file to a temporary name beside `dest` while
-/// hashing it. The copy is kept only when it matched; nothing is synced yet,
-/// so a case's files can be written back by the kernel while the next one is
-/// copied, and synced together before the case is published.
+/// hashing it. The copy is kept only when it matched; it is not yet synced
+/// (a case's copies are synced together before the case is published).
 pub fn stage_copy_unsynced(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Progress) -> Result<StagedCopy, StageError> {
     let mut src = open_beneath(root, e.rel)?;
     let tmp = temp_name(dest);
@@ -231,22 +230,72 @@ pub fn stage_copy(root: impl AsFd, e: &Expect<'_>, dest: &Path, progress: &Progr
     Ok(id)
 }
 
+/// The alignment O_DIRECT needs for buffers, file offsets and lengths.
+const ALIGN: usize = 4096;
+
+/// A CHUNK-sized buffer aligned for O_DIRECT, and how much of it is filled.
+struct Block {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Block {
+        let mem = vec![0u8; CHUNK + ALIGN];
+        let start = mem.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Block { mem, start, len: 0 }
+    }
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + CHUNK]
+    }
+    fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+/// Turns O_DIRECT on or off for a descriptor; false when the filesystem refuses it.
+fn set_direct(f: &File, on: bool) -> bool {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let Ok(bits) = fcntl(f, FcntlArg::F_GETFL) else { return false };
+    let mut flags = OFlag::from_bits_truncate(bits);
+    flags.set(OFlag::O_DIRECT, on);
+    fcntl(f, FcntlArg::F_SETFL(flags)).is_ok()
+}
+
 /// Reads and hashes on this thread while another writes, so hashing and
-/// writing overlap; buffers go round between the two.
+/// writing overlap; buffers go round between the two. The copy is written
+/// with O_DIRECT where the filesystem allows: the bytes go from the buffer
+/// that was hashed straight to the disk, without a second copy through the
+/// page cache (and the fsync before publishing then has nothing left to write).
 fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &Progress) -> Result<(u64, Sha256), StageError> {
     use std::sync::mpsc::sync_channel;
     const DEPTH: usize = 4;
-    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(DEPTH);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (full_tx, full_rx) = sync_channel::<Block>(DEPTH);
+    let (empty_tx, empty_rx) = sync_channel::<Block>(DEPTH);
     for _ in 0..DEPTH {
-        let _ = empty_tx.send(vec![0u8; CHUNK]);
+        let _ = empty_tx.send(Block::new());
     }
+    let mut direct = set_direct(out, true);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> std::io::Result<()> {
-            for buf in full_rx {
-                out.write_all(&buf)?;
+            for block in full_rx {
+                // Only whole aligned blocks go direct; the file's tail is written through the cache.
+                if direct && block.len % ALIGN != 0 {
+                    set_direct(out, false);
+                    direct = false;
+                }
+                match out.write_all(block.data()) {
+                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                        // The filesystem took O_DIRECT but not this write: go through the cache.
+                        direct = false;
+                        set_direct(out, false);
+                        out.write_all(block.data())?;
+                    }
+                    r => r?,
+                }
                 // The reader may have stopped early; a closed channel is fine.
-                let _ = empty_tx.send(buf);
+                let _ = empty_tx.send(block);
             }
             Ok(())
         });
@@ -254,17 +303,26 @@ fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &Progr
         let mut total = 0u64;
         let read_result = (|| {
             loop {
-                let Ok(mut buf) = empty_rx.recv() else {
+                let Ok(mut block) = empty_rx.recv() else {
                     // The writer stopped: its error is reported below.
                     return Ok(());
                 };
-                buf.resize(CHUNK, 0);
-                let n = src.read(&mut buf).map_err(io(e.rel))?;
+                // Fill the block completely (a short read mid-file would
+                // misalign every direct write after it).
+                let mut n = 0;
+                while n < CHUNK {
+                    match src.read(&mut block.space()[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(err) => return Err(io(e.rel)(err)),
+                    }
+                }
                 if n == 0 {
                     return Ok(());
                 }
-                buf.truncate(n);
-                h.update(&buf);
+                block.len = n;
+                h.update(block.data());
                 total += n as u64;
                 progress.advance(n, e.rel)?;
                 if total > e.size {
@@ -274,7 +332,7 @@ fn copy_hashing(src: &mut File, out: &mut File, e: &Expect<'_>, progress: &Progr
                         actual: total,
                     });
                 }
-                if full_tx.send(buf).is_err() {
+                if full_tx.send(block).is_err() {
                     return Ok(());
                 }
             }
@@ -372,6 +430,19 @@ mod tests {
             };
             assert!(matches!(verify_in_place(&rootfd, &e, &p), Err(StageError::Open { .. })), "{rel}");
         }
+        // Whole blocks written direct, then a tail that is not block-aligned.
+        let big: Vec<u8> = (0..(2 * CHUNK + 3 * ALIGN + 17)).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(root.join("runs/big.fq"), &big)?;
+        let big_sum = sha(&big);
+        let e = Expect {
+            rel: "runs/big.fq",
+            size: big.len() as u64,
+            sha256: &big_sum,
+        };
+        let dest4 = tmp.path().join("big.data");
+        stage_copy(&rootfd, &e, &dest4, &p)?;
+        assert!(std::fs::read(&dest4)? == big, "the staged copy differs");
+
         p.cancel.store(true, Ordering::Relaxed);
         let dest3 = tmp.path().join("cancelled.data");
         assert!(matches!(stage_copy(&rootfd, &good, &dest3, &p), Err(StageError::Cancelled(_))));

@@ -1102,7 +1102,11 @@ fn a_staged_copy_lost_in_a_crash_is_staged_again() {
     std::fs::remove_file(env.staging_dir("LOST-1").join("001.data")).unwrap();
     env.start();
     assert_eq!(env.state_of("LOST-1"), "exported");
+    // The lost copy is staged and verified again in the background; the case
+    // comes back into the mount once that is done.
     let staged = env.staging_dir("LOST-1").join("001.data");
+    let back = env.wait_for(Duration::from_secs(20), || env.case_json("LOST-1")["visible"] == true);
+    assert!(back, "{}", env.daemon_log());
     assert!(staged.is_file(), "{}", env.daemon_log());
     assert_eq!(sha256_file(&staged), env.file("GDB-0002").sha256);
 }
