@@ -1033,10 +1033,19 @@ impl Service {
             progress: staging::Progress::default(),
             total: files.iter().map(|f| f.file.size).sum(),
         });
+        // Registered like any staging job, so a close stops it and waits.
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(case_ref.to_string(), job.clone());
+        }
         let outcome = self.stage_files(case_ref, files, &job).await;
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(case_ref);
+        }
         let _visibility = self.visibility.lock().await;
         let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
         if !still_visible {
+            // Closed meanwhile: what this job wrote must not stay behind.
+            let _ = self.remove_staging(case_ref).await;
             return;
         }
         // The directory may have been reloaded while the files were verified.
