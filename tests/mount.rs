@@ -112,25 +112,6 @@ fn export(env: &Env, case_ref: &str, requester: &str, descriptors: &[&str]) {
     assert_eq!(env.state_of(case_ref), "exported");
 }
 
-/// (export name, catalog sha256, file_id, size) of every file of a case.
-#[track_caller]
-fn case_files(env: &Env, case_ref: &str) -> Vec<(String, String, String, u64)> {
-    let v = env.case_json(case_ref);
-    v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["export_name"].as_str().unwrap().to_string(),
-                f["file"]["sha256"].as_str().unwrap().to_string(),
-                f["file"]["file_id"].as_str().unwrap().to_string(),
-                f["file"]["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Adds files to the GDB and rewrites `catalog.tsv` with them (import separately).
 fn add_gdb_files(env: &mut Env, extra: &[(&str, &str, &str, Vec<u8>)]) {
     for (id, rel, dept, data) in extra {
@@ -325,7 +306,7 @@ fn rsync_pull_verifies_reruns_copy_nothing_and_xattrs_survive() {
     let m = std::fs::metadata(&dir).unwrap();
     assert!(m.is_dir());
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (UID_A1, STAFF_GID, 0o550));
-    let files = case_files(&env, "R-PULL");
+    let files = env.case_files("R-PULL");
     assert_eq!(files.len(), ids.len());
     for (name, sha, id, size) in &files {
         let m = std::fs::metadata(dir.join(name)).unwrap();
@@ -605,7 +586,7 @@ fn same_base_name_gets_distinct_names_and_spaces_survive_rsync() {
     env.import_catalog();
     // GDB-0003 and GDB-0004 are both `reads.fastq.gz` (run1/, run2/); GDB-0005 has spaces.
     export(&env, "R-NAMES", ALICE, &["GDB-0003", "GDB-0004", "GDB-0005", "GDB-0200"]);
-    let files = case_files(&env, "R-NAMES");
+    let files = env.case_files("R-NAMES");
     let name_of = |id: &str| files.iter().find(|f| f.2 == id).unwrap().0.clone();
     let (n3, n4, n5) = (name_of("GDB-0003"), name_of("GDB-0004"), name_of("GDB-0005"));
     assert_ne!(n3, n4);
@@ -929,7 +910,7 @@ fn closing_a_case_under_a_passthrough_reader_never_yields_short_or_wrong_data() 
 fn every_open_by_the_owner_is_in_the_case_log() {
     let env = Env::ready_with(no_passthrough);
     export(&env, "R-LOG", ALICE, &["GDB-0001", "GDB-0002", "GDB-0006"]);
-    let files = case_files(&env, "R-LOG");
+    let files = env.case_files("R-LOG");
     let dest = owned_dir(&env, "dest-log", UID_A1);
     let src = format!("{}/", case_dir(&env, "R-LOG").display());
     run_as(Who::Dept(UID_A1), &["rsync", "-a", &src, &format!("{}/", dest.display())]).ok();

@@ -499,27 +499,10 @@ impl Fixture {
         assert_eq!(self.env.state_of(case_ref), "exported");
     }
 
-    /// (export name, catalog sha256) of every file of a case.
-    #[track_caller]
-    fn case_files(&self, case_ref: &str) -> Vec<(String, String)> {
-        let v = self.env.case_json(case_ref);
-        v["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                (
-                    f["export_name"].as_str().unwrap().to_string(),
-                    f["file"]["sha256"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
     /// Asserts that `dir` holds exactly the case's files (plus SHA256SUMS), each with its catalog sha256.
     #[track_caller]
     fn assert_arrived(&self, case_ref: &str, dir: &Path) {
-        let files = self.case_files(case_ref);
+        let files: Vec<(String, String)> = self.env.case_files(case_ref).into_iter().map(|(n, sha, _, _)| (n, sha)).collect();
         assert!(!files.is_empty());
         for (name, sha) in &files {
             let p = dir.join(name);

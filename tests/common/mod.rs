@@ -714,6 +714,25 @@ impl Env {
         self.cli(&["case", "show", case_ref, "--json"]).ok().json()
     }
 
+    /// (export name, catalog sha256, file_id, size) of every file of a case.
+    #[track_caller]
+    pub fn case_files(&self, case_ref: &str) -> Vec<(String, String, String, u64)> {
+        let v = self.case_json(case_ref);
+        let files = v["files"].as_array().unwrap_or_else(|| panic!("no files in {v}"));
+        files
+            .iter()
+            .map(|f| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_else(|| panic!("{f}")).to_string();
+                (
+                    s(&f["export_name"]),
+                    s(&f["file"]["sha256"]),
+                    s(&f["file"]["file_id"]),
+                    f["file"]["size"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// The case's state as `case show --json` reports it.
     #[track_caller]
     pub fn state_of(&self, case_ref: &str) -> String {
