@@ -100,8 +100,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             "user space (passthrough = false in the config)"
         }
     };
-    if let Ok(mut m) = svc.mount_info.write() {
-        *m = Some((true, read_path.to_string()));
+    if let Ok(mut m) = svc.read_path.write() {
+        *m = Some(read_path.to_string());
     }
     if let Err(e) = svc.recover().await {
         mounted.unmount();

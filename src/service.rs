@@ -6,7 +6,7 @@ use crate::audit::{self, Actor, EventRecord, NewEvent};
 use crate::config::{Config, Mode};
 use crate::control::proto::{AuditReport, CaseView, Refusal, RefusalKind, Reply, Request, Response, StatusReply};
 use crate::db::{CaseRecord, NewCase, Store, StoreError};
-use crate::domain::case::{Action, CaseFacts, CaseState, Role, TransitionError, transition};
+use crate::domain::case::{Action, CaseState, Role, TransitionError, transition};
 use crate::domain::catalog::{CatalogError, parse_catalog};
 use crate::domain::directory::Directory;
 use crate::domain::verify::{CaseFile, RequestForm, SUMS_NAME, verify};
@@ -71,10 +71,7 @@ const VISIBLE: [CaseState; 2] = [CaseState::Exported, CaseState::Received];
 
 impl AccessLog for StoreAccessLog {
     fn opened(&self, a: &Access) -> Result<(), String> {
-        let actor = Actor {
-            name: self.names.name(a.uid),
-            uid: a.uid,
-        };
+        let actor = self.names.actor(a.uid);
         let details = json!({"file": a.file, "file_id": a.file_id, "pid": a.pid, "staff": a.staff});
         self.rt
             .block_on(
@@ -86,10 +83,7 @@ impl AccessLog for StoreAccessLog {
     }
 
     fn released(&self, a: &Access, bytes_read: u64, size: u64) {
-        let actor = Actor {
-            name: self.names.name(a.uid),
-            uid: a.uid,
-        };
+        let actor = self.names.actor(a.uid);
         let details = json!({"file": a.file, "file_id": a.file_id, "pid": a.pid, "bytes_read": bytes_read, "size": size, "complete": bytes_read >= size});
         let store = self.store.clone();
         let case_ref = a.case_ref.clone();
@@ -114,8 +108,8 @@ pub struct Service {
     gdb_root: Arc<OwnedFd>,
     jobs: Mutex<HashMap<String, Arc<StagingJob>>>,
     pub stats: Arc<Stats>,
-    /// What `status` says about the mount; set by the daemon once it mounted.
-    pub mount_info: RwLock<Option<(bool, String)>>,
+    /// The read path `status` reports; set by the daemon once it mounted.
+    pub read_path: RwLock<Option<String>>,
     /// Held across "state change + mount change" (export, close, reload), so
     /// the mount never shows what the case's state or the directory forbids.
     visibility: tokio::sync::Mutex<()>,
@@ -181,7 +175,7 @@ impl Service {
             gdb_root: Arc::new(gdb_root),
             jobs: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
-            mount_info: RwLock::new(None),
+            read_path: RwLock::new(None),
             visibility: tokio::sync::Mutex::new(()),
             finishing: tokio::sync::Mutex::new(()),
         }))
@@ -269,10 +263,7 @@ impl Service {
     }
 
     pub fn actor(&self, uid: u32) -> Actor {
-        Actor {
-            name: self.names.name(uid),
-            uid,
-        }
+        self.names.actor(uid)
     }
 
     pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request, fds: Vec<OwnedFd>) -> Response {
@@ -407,12 +398,9 @@ impl Service {
     }
 
     async fn status(&self) -> Response {
-        let (mounted, read_path) = self
-            .mount_info
-            .read()
-            .ok()
-            .and_then(|m| m.clone())
-            .unwrap_or((false, "none (not mounted)".into()));
+        let read_path = self.read_path.read().ok().and_then(|m| m.clone());
+        let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
+        let read_path = read_path.unwrap_or_else(|| "none (not mounted)".into());
         Ok(Reply::Status(StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: self.cfg.mode.to_string(),
@@ -493,11 +481,7 @@ impl Service {
         action: Action,
         details: serde_json::Value,
     ) -> Result<EventRecord, Refusal> {
-        let facts = CaseFacts {
-            state: case.state,
-            verified: case.verified,
-            department: case.department.as_deref(),
-        };
+        let facts = case.facts();
         let to = transition(role, action, facts)?;
         Ok(self
             .store
@@ -507,11 +491,7 @@ impl Service {
 
     async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str) -> Response {
         let case = self.visible_case(role, case_ref).await?;
-        let facts = CaseFacts {
-            state: case.state,
-            verified: case.verified,
-            department: case.department.as_deref(),
-        };
+        let facts = case.facts();
         transition(role, Action::Approve, facts)?;
         let files = self.store.case_files(&case.case_ref).await?;
         // The directory may have changed since the case was opened: rule 1 must still hold.
@@ -525,23 +505,27 @@ impl Service {
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }
 
-    /// Stages (or checks, in direct mode) every file of an approved case in
-    /// the background, then exports or blocks it.
-    fn start_staging(self: &Arc<Self>, case_ref: String, files: Vec<CaseFile>) -> Result<(), Refusal> {
+    /// Enters a staging job for the case in the table `view` and `stop_staging` read.
+    fn register_job(&self, case_ref: &str, files: &[CaseFile]) -> Result<Arc<StagingJob>, Refusal> {
         let job = Arc::new(StagingJob {
             progress: staging::Progress::default(),
             total: files.iter().map(|f| f.file.size).sum(),
         });
-        {
-            let mut jobs = self
-                .jobs
-                .lock()
-                .map_err(|_| refuse(RefusalKind::Internal, "staging table poisoned"))?;
-            if jobs.contains_key(&case_ref) {
-                return Err(refuse(RefusalKind::State, format!("case {case_ref} is being staged already")));
-            }
-            jobs.insert(case_ref.clone(), job.clone());
+        let mut jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| refuse(RefusalKind::Internal, "staging table poisoned"))?;
+        if jobs.contains_key(case_ref) {
+            return Err(refuse(RefusalKind::State, format!("case {case_ref} is being staged already")));
         }
+        jobs.insert(case_ref.to_string(), job.clone());
+        Ok(job)
+    }
+
+    /// Stages (or checks, in direct mode) every file of an approved case in
+    /// the background, then exports or blocks it.
+    fn start_staging(self: &Arc<Self>, case_ref: String, files: Vec<CaseFile>) -> Result<(), Refusal> {
+        let job = self.register_job(&case_ref, &files)?;
         let svc = self.clone();
         tokio::spawn(async move {
             let outcome = svc.stage_files(&case_ref, &files, &job).await;
@@ -766,11 +750,7 @@ impl Service {
     ) -> Result<(), Refusal> {
         // Only a change the rules allow may stop a running staging job.
         let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
-        let facts = CaseFacts {
-            state: case.state,
-            verified: case.verified,
-            department: case.department.as_deref(),
-        };
+        let facts = case.facts();
         transition(role, action, facts)?;
         self.stop_staging(case_ref).await;
         {
@@ -795,11 +775,7 @@ impl Service {
 
     async fn case_confirm(&self, role: &Role, actor: &Actor, case_ref: &str, sums: &str) -> Response {
         let case = self.visible_case(role, case_ref).await?;
-        let facts = CaseFacts {
-            state: case.state,
-            verified: case.verified,
-            department: case.department.as_deref(),
-        };
+        let facts = case.facts();
         transition(role, Action::Confirm, facts)?;
         let files = self.store.case_files(&case.case_ref).await?;
         let expected: BTreeMap<String, String> = files.iter().map(|f| (f.export_name.clone(), f.file.sha256.clone())).collect();
@@ -825,11 +801,7 @@ impl Service {
             return Err(refuse(RefusalKind::Invalid, "--force needs --reason"));
         }
         let action = if force { Action::ForceClose } else { Action::Close };
-        let facts = CaseFacts {
-            state: case.state,
-            verified: case.verified,
-            department: case.department.as_deref(),
-        };
+        let facts = case.facts();
         transition(role, action, facts)?;
         let (count, head, events) = self.store.log_snapshot(&case.case_ref).await?;
         audit::verify_chain(&case.case_ref, &events, Some((count, &head)))
@@ -1029,14 +1001,14 @@ impl Service {
     /// have changed while the daemon was down) and publishes it if it is still visible.
     async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) {
         warn!(case = %case_ref, "verifying an exported case again before it comes back");
-        let job = Arc::new(StagingJob {
-            progress: staging::Progress::default(),
-            total: files.iter().map(|f| f.file.size).sum(),
-        });
         // Registered like any staging job, so a close stops it and waits.
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.insert(case_ref.to_string(), job.clone());
-        }
+        let job = match self.register_job(case_ref, files) {
+            Ok(job) => job,
+            Err(e) => {
+                warn!(case = %case_ref, error = %e, "cannot verify the case again");
+                return;
+            }
+        };
         let outcome = self.stage_files(case_ref, files, &job).await;
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.remove(case_ref);

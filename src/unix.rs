@@ -62,6 +62,11 @@ impl NameCache {
     pub fn name(&self, uid: u32) -> String {
         self.cache.get_with(uid, || user_name(uid))
     }
+
+    /// The case log's actor for a uid.
+    pub fn actor(&self, uid: u32) -> crate::audit::Actor {
+        crate::audit::Actor { name: self.name(uid), uid }
+    }
 }
 
 /// The supplementary groups of a running process, from `/proc/<pid>/status`.

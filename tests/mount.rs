@@ -116,15 +116,7 @@ fn export(env: &Env, case_ref: &str, requester: &str, descriptors: &[&str]) {
 fn add_gdb_files(env: &mut Env, extra: &[(&str, &str, &str, Vec<u8>)]) {
     for (id, rel, dept, data) in extra {
         write_file(&env.gdb.join(rel), data, 0o644);
-        env.files.push(GdbFile {
-            file_id: id.to_string(),
-            path: rel.to_string(),
-            department: dept.to_string(),
-            size: data.len() as u64,
-            sha256: sha256_hex(data),
-            submitted_at: "2025-04-01T08:30:00Z".into(),
-            sample_id: format!("SAMPLE-{id}"),
-        });
+        env.files.push(GdbFile::new(id, rel, dept, data));
     }
     write_file(&env.catalog, catalog_tsv(&env.files).as_bytes(), 0o644);
 }
@@ -648,15 +640,7 @@ fn catalog_paths_escaping_gdb_root_block_the_case() {
         ("GDB-0102", "linkdir/secret.fastq", &secret),
         ("GDB-0103", "alias/S1_R1.fastq", &s1),
     ] {
-        env.files.push(GdbFile {
-            file_id: id.into(),
-            path: rel.into(),
-            department: DEPT_A1.into(),
-            size: data.len() as u64,
-            sha256: sha256_hex(data),
-            submitted_at: "2025-04-01T08:30:00Z".into(),
-            sample_id: "S".into(),
-        });
+        env.files.push(GdbFile::new(id, rel, DEPT_A1, data));
     }
     write_file(&env.catalog, catalog_tsv(&env.files).as_bytes(), 0o644);
     env.start();
@@ -702,15 +686,7 @@ fn catalog_paths_escaping_gdb_root_block_the_case() {
         ("abs", "GDB-0902", "/etc/passwd"),
     ] {
         let mut files = env.files.clone();
-        files.push(GdbFile {
-            file_id: id.into(),
-            path: bad.into(),
-            department: DEPT_A1.into(),
-            size: secret.len() as u64,
-            sha256: sha256_hex(&secret),
-            submitted_at: "2025-04-01T08:30:00Z".into(),
-            sample_id: "S".into(),
-        });
+        files.push(GdbFile::new(id, bad, DEPT_A1, &secret));
         let line = files.len() + 1;
         let p = env.write_catalog(&format!("bad-{n}.tsv"), &catalog_tsv(&files));
         let out = env.cli(&["catalog", "import", &p.display().to_string()]).fails();

@@ -669,15 +669,7 @@ fn an_interrupted_pull_keeps_its_partial_data_and_resumes() {
     let rel = "run4/BIG_R1.fastq";
     write_file(&fx.env.gdb.join(rel), &data, 0o644);
     chmod(&fx.env.gdb.join("run4"), 0o755);
-    let big = GdbFile {
-        file_id: "GDB-0100".into(),
-        path: rel.into(),
-        department: DEPT_A1.into(),
-        size: data.len() as u64,
-        sha256: sha256_hex(&data),
-        submitted_at: "2025-04-01T08:00:00Z".into(),
-        sample_id: "SAMPLE-100".into(),
-    };
+    let big = GdbFile::new("GDB-0100", rel, DEPT_A1, &data);
     let catalog = fx.env.write_catalog("big.tsv", &catalog_tsv(std::slice::from_ref(&big)));
     fx.env.cli(&["catalog", "import", catalog.to_str().unwrap()]).ok();
     fx.env.files.push(big.clone());

@@ -80,6 +80,17 @@ pub struct CaseRecord {
     pub head_hash: String,
 }
 
+impl CaseRecord {
+    /// The facts the state machine decides on.
+    pub fn facts(&self) -> crate::domain::case::CaseFacts<'_> {
+        crate::domain::case::CaseFacts {
+            state: self.state,
+            verified: self.verified,
+            department: self.department.as_deref(),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds and updates catalog files by `file_id` in one transaction. Refuses

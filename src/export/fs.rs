@@ -688,6 +688,12 @@ mod tests {
         }
     }
 
+    /// The inode of a case's file, looked up as `c`.
+    fn file_ino(f: &Fixture, c: &Caller, case: &str, name: &str) -> u64 {
+        let (dir, _) = f.fs.lookup(c, ROOT, case).unwrap_or_else(|e| panic!("{e}"));
+        f.fs.lookup(c, dir.ino, name).unwrap_or_else(|e| panic!("{e}")).0.ino
+    }
+
     fn who(uid: u32) -> Caller {
         Caller { uid, gid: uid, pid: 4242 }
     }
@@ -759,10 +765,9 @@ mod tests {
         let f = fixture();
         f.publish("R", 2001, &["a.fq"]);
         let a = who(2001);
-        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
-        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
+        let file = file_ino(&f, &a, "R", "a.fq");
         f.log.fail.store(true, Ordering::Relaxed);
-        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::AuditFailed(_))));
+        assert!(matches!(f.fs.open(&a, file, false), Err(FsError::AuditFailed(_))));
         assert_eq!(f.fs.open_files.load(Ordering::Relaxed), 0);
     }
 
@@ -771,14 +776,13 @@ mod tests {
         let f = fixture();
         f.publish("R", 2001, &["a.fq"]);
         let a = who(2001);
-        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
-        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
-        let (fh, _) = f.fs.open(&a, file.ino, false).unwrap_or_else(|e| panic!("{e}"));
+        let file = file_ino(&f, &a, "R", "a.fq");
+        let (fh, _) = f.fs.open(&a, file, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.fs.read(fh, 0, 4).ok(), Some(b"@R/a".to_vec()));
         f.table.withdraw("R");
         assert!(matches!(f.fs.read(fh, 4, 4), Err(FsError::Revoked)));
-        assert!(matches!(f.fs.getattr(&a, file.ino), Err(FsError::NotFound)));
-        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.getattr(&a, file), Err(FsError::NotFound)));
+        assert!(matches!(f.fs.open(&a, file, false), Err(FsError::NotFound)));
         assert!(matches!(f.fs.lookup(&a, ROOT, "R"), Err(FsError::NotFound)));
     }
 
@@ -797,9 +801,8 @@ mod tests {
         f.table.publish(changed);
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&p, b"tampered").unwrap_or_else(|e| panic!("{e}"));
-        let (dir, _) = f.fs.lookup(&a, ROOT, "R").unwrap_or_else(|e| panic!("{e}"));
-        let (file, _) = f.fs.lookup(&a, dir.ino, "a.fq").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(f.fs.open(&a, file.ino, false), Err(FsError::Integrity(_))));
+        let file = file_ino(&f, &a, "R", "a.fq");
+        assert!(matches!(f.fs.open(&a, file, false), Err(FsError::Integrity(_))));
     }
 
     #[derive(Debug, Clone)]

@@ -77,6 +77,19 @@ pub struct GdbFile {
 
 impl GdbFile {
     /// The last component of the path.
+    /// A file with these bytes, submitted 2025-04-01 (tests add these beside the generated GDB).
+    pub fn new(file_id: &str, path: &str, department: &str, data: &[u8]) -> GdbFile {
+        GdbFile {
+            file_id: file_id.into(),
+            path: path.into(),
+            department: department.into(),
+            size: data.len() as u64,
+            sha256: sha256_hex(data),
+            submitted_at: "2025-04-01T08:30:00Z".into(),
+            sample_id: format!("SAMPLE-{file_id}"),
+        }
+    }
+
     pub fn base_name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)
     }
