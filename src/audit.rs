@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-pub const SEALED: &str = "sealed";
+pub const SEALED: &str = EventKind::Sealed.as_str();
 const DOMAIN: &[u8] = b"workcopy-caselog-v1";
 
 /// One record of a case log.
@@ -32,6 +32,84 @@ pub struct EventRecord {
     pub hash: String,
 }
 
+/// What a case-log record says happened. Stored (and hashed) as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The case was registered with its verification report.
+    Opened,
+    Approved,
+    Exported,
+    Blocked,
+    Rejected,
+    /// Receipt was confirmed.
+    Received,
+    Closed,
+    Expired,
+    /// A file of the case was opened in the mount.
+    FileOpened,
+    /// A user-space open was released: how much of the file it read.
+    FileRead,
+    /// A receipt did not match.
+    ReceiptRefused,
+    /// An exported case was kept out of the mount.
+    Hidden,
+    /// The last record of a finished case.
+    Sealed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Opened,
+        EventKind::Approved,
+        EventKind::Exported,
+        EventKind::Blocked,
+        EventKind::Rejected,
+        EventKind::Received,
+        EventKind::Closed,
+        EventKind::Expired,
+        EventKind::FileOpened,
+        EventKind::FileRead,
+        EventKind::ReceiptRefused,
+        EventKind::Hidden,
+        EventKind::Sealed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Approved => "approved",
+            EventKind::Exported => "exported",
+            EventKind::Blocked => "blocked",
+            EventKind::Rejected => "rejected",
+            EventKind::Received => "received",
+            EventKind::Closed => "closed",
+            EventKind::Expired => "expired",
+            EventKind::FileOpened => "file_opened",
+            EventKind::FileRead => "file_read",
+            EventKind::ReceiptRefused => "receipt_refused",
+            EventKind::Hidden => "hidden",
+            EventKind::Sealed => "sealed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EventRecord {
+    /// The record's kind; `None` for a name this version does not know.
+    pub fn kind(&self) -> Option<EventKind> {
+        EventKind::parse(&self.event)
+    }
+}
+
 /// What a new record says, before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -42,11 +120,11 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(actor: &Actor, event: &str, details: serde_json::Value) -> NewEvent {
+    pub fn new(actor: &Actor, event: EventKind, details: serde_json::Value) -> NewEvent {
         NewEvent {
             actor: actor.name.clone(),
             uid: actor.uid,
-            event: event.to_string(),
+            event: event.as_str().to_string(),
             details,
         }
     }

@@ -11,6 +11,7 @@
 //! again (after the GDB was repaired) or rejected. `close --force --reason`
 //! closes a case from any non-terminal state.
 
+use crate::audit::EventKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -56,14 +57,20 @@ impl CaseState {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The states whose case directory is in the mount.
+    pub const VISIBLE: [CaseState; 2] = [CaseState::Exported, CaseState::Received];
+
+    /// The states no transition leaves; their logs are sealed.
+    pub const TERMINAL: [CaseState; 3] = [CaseState::Closed, CaseState::Rejected, CaseState::Expired];
+
     /// No transition leaves a terminal state; its log is sealed.
     pub fn is_terminal(self) -> bool {
-        matches!(self, CaseState::Closed | CaseState::Rejected | CaseState::Expired)
+        Self::TERMINAL.contains(&self)
     }
 
     /// Whether the case's directory is in the mount.
     pub fn is_visible(self) -> bool {
-        matches!(self, CaseState::Exported | CaseState::Received)
+        Self::VISIBLE.contains(&self)
     }
 }
 
@@ -103,16 +110,15 @@ pub enum Action {
 
 impl Action {
     /// The event written to the case log when the action is taken.
-    pub fn event(self) -> &'static str {
+    pub fn event(self) -> EventKind {
         match self {
-            Action::Approve => "approved",
-            Action::Export => "exported",
-            Action::Block => "blocked",
-            Action::Reject => "rejected",
-            Action::Confirm => "received",
-            Action::Close => "closed",
-            Action::ForceClose => "closed",
-            Action::Expire => "expired",
+            Action::Approve => EventKind::Approved,
+            Action::Export => EventKind::Exported,
+            Action::Block => EventKind::Blocked,
+            Action::Reject => EventKind::Rejected,
+            Action::Confirm => EventKind::Received,
+            Action::Close | Action::ForceClose => EventKind::Closed,
+            Action::Expire => EventKind::Expired,
         }
     }
 

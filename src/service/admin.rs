@@ -1,0 +1,103 @@
+//! Catalog import, status and audit verification.
+
+use super::Service;
+use super::request::refuse;
+use crate::audit::{self};
+use crate::control::proto::{AuditReport, RefusalKind, Reply, Response, StatusReply};
+use crate::domain::case::CaseState;
+use crate::domain::catalog::{CatalogError, parse_catalog};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use tracing::info;
+
+impl Service {
+    pub(super) async fn status(&self) -> Response {
+        let read_path = self.read_path.read().ok().and_then(|m| m.clone());
+        let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
+        let read_path = read_path.unwrap_or_else(|| "none (not mounted)".into());
+        Ok(Reply::Status(StatusReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: self.cfg.mode.to_string(),
+            mount_point: self.cfg.mount_point.display().to_string(),
+            mounted,
+            read_path,
+            catalog_files: self.store.catalog_size().await?,
+            cases: self.store.count_by_state().await?,
+            directory_departments: self.directory().departments.len(),
+            bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
+            pulls_in_progress: self.stats.open_files.load(Ordering::Relaxed),
+        }))
+    }
+
+    pub(super) async fn catalog_import(&self, fd: OwnedFd) -> Response {
+        let dir = self.directory();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::from(fd);
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+            parse_catalog(&mut reader, &|d| dir.departments.contains_key(d))
+        })
+        .await
+        .map_err(|e| refuse(RefusalKind::Internal, format!("catalog import failed: {e}")))?;
+        let rows = parsed.map_err(|e: CatalogError| refuse(RefusalKind::Invalid, e.to_string()))?;
+        let summary = self.store.import_catalog(rows).await?;
+        info!(
+            rows = summary.rows,
+            added = summary.added,
+            updated = summary.updated,
+            "catalog imported"
+        );
+        Ok(Reply::Imported(summary))
+    }
+
+    pub(super) async fn audit_verify(&self) -> Response {
+        let cases = self.store.list_cases(None, None).await?;
+        let mut report = AuditReport {
+            cases: cases.len() as u64,
+            records: 0,
+            sealed_files: 0,
+            failures: Vec::new(),
+        };
+        for c in &cases {
+            // Head and records from one snapshot: pulls append records all the time.
+            let (count, head, events) = self.store.log_snapshot(&c.case_ref).await?;
+            report.records += events.len() as u64;
+            if let Err(e) = audit::verify_chain(&c.case_ref, &events, Some((count, &head))) {
+                report.failures.push(e.to_string());
+                continue;
+            }
+            let path = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                report.sealed_files += 1;
+                match audit::verify_sealed(&text) {
+                    Err(e) => report.failures.push(format!("{}: {e}", path.display())),
+                    Ok(_) if text != audit::to_jsonl(&events) => report
+                        .failures
+                        .push(format!("{}: differs from the case log in the database", path.display())),
+                    Ok(_) => {}
+                }
+            } else if c.state.is_terminal() {
+                report
+                    .failures
+                    .push(format!("case {}: the sealed log {} is missing", c.case_ref, path.display()));
+            }
+        }
+        Ok(Reply::Audit(report))
+    }
+
+    pub async fn status_line(&self) -> String {
+        match self.store.count_by_state().await {
+            Ok(counts) => {
+                let get = |s: CaseState| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n).unwrap_or(0);
+                format!(
+                    "{} exported, {} awaiting approval, {} staging, {} received; {} file(s) open",
+                    get(CaseState::Exported),
+                    get(CaseState::Open),
+                    get(CaseState::Approved),
+                    get(CaseState::Received),
+                    self.stats.open_files.load(Ordering::Relaxed)
+                )
+            }
+            Err(e) => format!("case register unreadable: {e}"),
+        }
+    }
+}

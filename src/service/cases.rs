@@ -1,0 +1,163 @@
+//! Handlers of the `case` requests: open, approve, reject, confirm, close, and the case view.
+
+use super::Service;
+use super::request::{not_found, parse_ref, refuse};
+use crate::audit::{self, Actor, EventKind, NewEvent};
+use crate::control::proto::{CaseView, Refusal, RefusalKind, Reply, Response};
+use crate::db::{CaseRecord, NewCase};
+use crate::domain::authz::no_longer_authorized;
+use crate::domain::case::{Action, CaseState, Role, transition};
+use crate::domain::verify::{RequestForm, SUMS_NAME, verify};
+use crate::receipt;
+use serde_json::json;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// What a transfer account may see of a case: not the verification report,
+/// which can name other departments' files.
+pub(super) fn redact(case: &mut CaseRecord) {
+    case.report.lines.clear();
+    case.report.problems.clear();
+}
+
+impl Service {
+    pub(super) async fn view(&self, role: &Role, mut case: CaseRecord) -> Result<CaseView, Refusal> {
+        let files = self.store.case_files(&case.case_ref).await?;
+        let staging = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.get(&case.case_ref).map(|j| (j.progress.done.load(Ordering::Relaxed), j.total)));
+        let blocked_reason = if case.state == CaseState::Blocked {
+            let events = self.store.events(&case.case_ref).await?;
+            events
+                .iter()
+                .rev()
+                .find(|e| e.kind() == Some(EventKind::Blocked))
+                .and_then(|e| e.details.get("reason"))
+                .and_then(|r| r.as_str())
+                .map(String::from)
+        } else {
+            None
+        };
+        if *role != Role::Staff {
+            redact(&mut case);
+        }
+        let visible = self.exports.get(&case.case_ref).is_some();
+        Ok(CaseView {
+            visible,
+            case,
+            files,
+            staging,
+            blocked_reason,
+        })
+    }
+
+    pub(super) async fn case_open(&self, actor: &Actor, case_ref: &str, form: RequestForm) -> Response {
+        let r = parse_ref(case_ref)?;
+        if self.store.case(r.as_str()).await?.is_some() {
+            return Err(refuse(
+                RefusalKind::State,
+                format!("case {r} already exists; every request needs its own reference"),
+            ));
+        }
+        let max = self.cfg.max_files_per_case;
+        let mut matches = Vec::with_capacity(form.descriptors.len());
+        for (i, d) in form.descriptors.iter().enumerate() {
+            // Descriptors past the limit are refused without a look-up.
+            matches.push(if i < max { self.store.resolve(d, 10).await? } else { Vec::new() });
+        }
+        let dir = self.directory();
+        let (report, files) = verify(&form, &dir, &matches, max);
+        let verified = report.verified();
+        let details = json!({
+            "requester": form.requester,
+            "department": report.department.as_ref().map(|d| d.to_string()),
+            "submitter": form.submitter,
+            "verified": verified,
+            "problems": report.problems,
+            "report": report.lines.iter().map(|l| l.describe()).collect::<Vec<_>>(),
+        });
+        let case = NewCase {
+            case_ref: r.to_string(),
+            requester: form.requester.clone(),
+            department: report.department.as_ref().map(|d| d.to_string()),
+            submitter: form.submitter.clone(),
+            report,
+            files,
+        };
+        self.store
+            .create_case(case, NewEvent::new(actor, EventKind::Opened, details))
+            .await?;
+        let case = self.store.case(r.as_str()).await?.ok_or_else(|| not_found(r.as_str()))?;
+        Ok(Reply::Case(Box::new(self.view(&Role::Staff, case).await?)))
+    }
+
+    pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str) -> Response {
+        let case = self.visible_case(role, case_ref).await?;
+        let facts = case.facts();
+        transition(role, Action::Approve, facts)?;
+        let files = self.store.case_files(&case.case_ref).await?;
+        // The directory may have changed since the case was opened: rule 1 must still hold.
+        if let Some(reason) = no_longer_authorized(&self.directory(), case.department.as_deref(), &files) {
+            return Err(refuse(RefusalKind::Failed, format!("approval refused: {reason}")));
+        }
+        self.take(role, actor, &case, Action::Approve, json!({"mode": self.cfg.mode.to_string()}))
+            .await?;
+        self.start_staging(case.case_ref.clone(), files)?;
+        let case = self.visible_case(role, case_ref).await?;
+        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+
+    pub(super) async fn case_reject(&self, role: &Role, actor: &Actor, case_ref: &str, reason: &str) -> Response {
+        if reason.trim().is_empty() {
+            return Err(refuse(RefusalKind::Invalid, "a rejection needs --reason"));
+        }
+        let case = self.visible_case(role, case_ref).await?;
+        self.end_case(role, actor, &case.case_ref, Action::Reject, json!({"reason": reason}))
+            .await?;
+        let case = self.visible_case(role, case_ref).await?;
+        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+
+    pub(super) async fn case_confirm(&self, role: &Role, actor: &Actor, case_ref: &str, sums: &str) -> Response {
+        let case = self.visible_case(role, case_ref).await?;
+        let facts = case.facts();
+        transition(role, Action::Confirm, facts)?;
+        let files = self.store.case_files(&case.case_ref).await?;
+        let expected: BTreeMap<String, String> = files.iter().map(|f| (f.export_name.clone(), f.file.sha256.clone())).collect();
+        let sums_file = receipt::format_sums(files.iter().map(|f| (f.export_name.as_str(), f.file.sha256.as_str())));
+        let sums_sha = audit::hex(&sha2::Sha256::digest(sums_file.as_bytes()));
+        if let Err(reason) = receipt::check_receipt(sums, &case.case_ref, &expected, SUMS_NAME, &sums_sha) {
+            // Recorded only while the case is exported (never after a close), and bounded.
+            let recorded: String = reason.chars().take(2000).collect();
+            let ev = NewEvent::new(actor, EventKind::ReceiptRefused, json!({"reason": recorded}));
+            self.store.append_in(&case.case_ref, &[CaseState::Exported], ev).await?;
+            return Err(refuse(RefusalKind::Failed, format!("receipt refused: {reason}")));
+        }
+        self.take(role, actor, &case, Action::Confirm, json!({"files": files.len()}))
+            .await?;
+        let case = self.visible_case(role, case_ref).await?;
+        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+
+    pub(super) async fn case_close(&self, role: &Role, actor: &Actor, case_ref: &str, force: bool, reason: Option<String>) -> Response {
+        let case = self.visible_case(role, case_ref).await?;
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if force && reason.is_none() {
+            return Err(refuse(RefusalKind::Invalid, "--force needs --reason"));
+        }
+        let action = if force { Action::ForceClose } else { Action::Close };
+        let facts = case.facts();
+        transition(role, action, facts)?;
+        let (count, head, events) = self.store.log_snapshot(&case.case_ref).await?;
+        audit::verify_chain(&case.case_ref, &events, Some((count, &head)))
+            .map_err(|e| refuse(RefusalKind::Failed, format!("close refused: the case log is broken: {e}")))?;
+        self.end_case(role, actor, &case.case_ref, action, json!({"forced": force, "reason": reason}))
+            .await?;
+        let case = self.visible_case(role, case_ref).await?;
+        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+}

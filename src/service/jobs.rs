@@ -1,0 +1,139 @@
+//! Staging jobs: the table of running jobs, and the workers that copy or
+//! check a case's files and return where the verified bytes are.
+
+use super::Service;
+use super::request::refuse;
+use crate::config::Mode;
+use crate::control::proto::{Refusal, RefusalKind};
+use crate::domain::verify::CaseFile;
+use crate::export::table::{Backing, FileIdentity};
+use crate::staging::{self, Expect};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::warn;
+
+/// A running staging job: its progress, and a flag that stops it.
+#[derive(Debug, Default)]
+pub struct StagingJob {
+    pub progress: staging::Progress,
+    pub total: u64,
+}
+
+impl Service {
+    /// Enters a staging job for the case in the table `view` and `stop_staging` read.
+    pub(super) fn register_job(&self, case_ref: &str, files: &[CaseFile]) -> Result<Arc<StagingJob>, Refusal> {
+        let job = Arc::new(StagingJob {
+            progress: staging::Progress::default(),
+            total: files.iter().map(|f| f.file.size).sum(),
+        });
+        let mut jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| refuse(RefusalKind::Internal, "staging table poisoned"))?;
+        if jobs.contains_key(case_ref) {
+            return Err(refuse(RefusalKind::State, format!("case {case_ref} is being staged already")));
+        }
+        jobs.insert(case_ref.to_string(), job.clone());
+        Ok(job)
+    }
+
+    /// Brings every file to a verified state; returns where each file's bytes are.
+    pub(super) async fn stage_files(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        job: &Arc<StagingJob>,
+    ) -> Result<Vec<(Backing, FileIdentity)>, String> {
+        let mode = self.cfg.mode;
+        let staging = self.cfg.staging_dir();
+        let root = self.gdb_root.clone();
+        let files_owned = files.to_vec();
+        let case_ref_owned = case_ref.to_string();
+        let job = job.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, String> {
+            let dir = staging::case_dir(&staging, &case_ref_owned);
+            fn expect(f: &CaseFile) -> Expect<'_> {
+                Expect {
+                    rel: f.file.path.as_str(),
+                    size: f.file.size,
+                    sha256: &f.file.sha256,
+                }
+            }
+            if mode == Mode::Direct {
+                let mut out = Vec::new();
+                for f in &files_owned {
+                    let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(|e| e.to_string())?;
+                    out.push((Backing::Gdb(f.file.path.to_string()), id));
+                }
+                return Ok(out);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // Copy and verify every file first, then make them durable
+            // together; only then can the case be published.
+            let mut copies = Vec::new();
+            for (i, f) in files_owned.iter().enumerate() {
+                let dest = staging::staged_file(&staging, &case_ref_owned, i);
+                match staging::stage_copy_unsynced(&*root, &expect(f), &dest, &job.progress) {
+                    Ok(c) => copies.push((c, dest)),
+                    Err(e) => {
+                        copies.into_iter().for_each(|(c, _): (staging::StagedCopy, _)| c.discard());
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            for (c, dest) in copies {
+                out.push((Backing::Staged(dest), c.commit().map_err(|e| e.to_string())?));
+            }
+            staging::sync_dir(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| format!("staging task failed: {e}"))?
+    }
+
+    pub(super) async fn remove_staging(&self, case_ref: &str) -> std::io::Result<()> {
+        let dir = staging::case_dir(&self.cfg.staging_dir(), case_ref);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // A job that stopped a moment ago may still have been creating a file.
+            Err(_) => std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }),
+            Ok(()) => Ok(()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    }
+
+    /// Stops a running staging job of the case and waits (up to 30 s) until it has let go.
+    pub(super) async fn stop_staging(&self, case_ref: &str) {
+        let job = self.jobs.lock().ok().and_then(|j| j.get(case_ref).cloned());
+        let Some(job) = job else { return };
+        job.progress.cancel.store(true, Ordering::Relaxed);
+        for _ in 0..300 {
+            if self.jobs.lock().map(|j| !j.contains_key(case_ref)).unwrap_or(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        warn!(case = %case_ref, "staging did not stop within 30 s");
+    }
+
+    /// Staged copies that are all there with their sizes (they were verified
+    /// and fsynced before the case was exported); `None` in direct mode.
+    pub(super) fn staged_copies(&self, case_ref: &str, files: &[CaseFile]) -> Option<Vec<(Backing, FileIdentity)>> {
+        if self.cfg.mode != Mode::Staged {
+            return None;
+        }
+        let mut backings = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() && m.len() == f.file.size => backings.push((Backing::Staged(p), FileIdentity::of(&m))),
+                _ => return None,
+            }
+        }
+        Some(backings)
+    }
+}

@@ -1,0 +1,268 @@
+//! Case transitions together with their effects: staging started and its
+//! outcome applied, the mount changed, staging deleted, the log sealed.
+
+use super::Service;
+use super::request::{not_found, refuse};
+use crate::audit::{self, Actor, EventKind, EventRecord, NewEvent};
+use crate::control::proto::{Refusal, RefusalKind};
+use crate::db::CaseRecord;
+use crate::domain::authz::no_longer_authorized;
+use crate::domain::case::{Action, CaseState, Role, transition};
+use crate::domain::verify::CaseFile;
+use crate::export::table::{Backing, ExportedCase, ExportedFile, FileIdentity};
+use crate::receipt;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+pub(super) fn write_sealed(dir: &Path, case_ref: &str, events: &[EventRecord]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{case_ref}.jsonl"));
+    let tmp = dir.join(format!(".{case_ref}.jsonl.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(audit::to_jsonl(events).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Service {
+    pub(super) async fn take(
+        &self,
+        role: &Role,
+        actor: &Actor,
+        case: &CaseRecord,
+        action: Action,
+        details: serde_json::Value,
+    ) -> Result<EventRecord, Refusal> {
+        let facts = case.facts();
+        let to = transition(role, action, facts)?;
+        Ok(self
+            .store
+            .transition(&case.case_ref, case.state, to, NewEvent::new(actor, action.event(), details))
+            .await?)
+    }
+
+    /// Stages (or checks, in direct mode) every file of an approved case in
+    /// the background, then exports or blocks it.
+    pub(super) fn start_staging(self: &Arc<Self>, case_ref: String, files: Vec<CaseFile>) -> Result<(), Refusal> {
+        let job = self.register_job(&case_ref, &files)?;
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let outcome = svc.stage_files(&case_ref, &files, &job).await;
+            // Off the table before the final transition, so the case can be approved again after a block.
+            if let Ok(mut jobs) = svc.jobs.lock() {
+                jobs.remove(&case_ref);
+            }
+            if job.progress.cancel.load(Ordering::Relaxed) {
+                // Stopped by a close, which takes the case from here.
+                let _ = svc.remove_staging(&case_ref).await;
+                return;
+            }
+            svc.end_staging(&case_ref, &files, job.total, outcome).await;
+        });
+        Ok(())
+    }
+
+    /// Exports or blocks a case whose staging ended, under the visibility lock
+    /// so no close, reload or other export interleaves.
+    pub(super) async fn end_staging(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        bytes: u64,
+        outcome: Result<Vec<(Backing, FileIdentity)>, String>,
+    ) {
+        let mut outcome = Some(outcome);
+        // A busy or briefly failing database must not leave the case approved
+        // for good: retry, waiting without holding the lock.
+        for attempt in 0..6u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            match self.try_end_staging(case_ref, files, bytes, &mut outcome).await {
+                Ok(()) => return,
+                Err(e) => warn!(case = %case_ref, error = %e, attempt, "recording the end of staging failed"),
+            }
+        }
+        error!(case = %case_ref, "could not record the end of staging; it stays approved until the next start");
+    }
+
+    /// One attempt of [`end_staging`](Self::end_staging); `Err` only for a database failure.
+    pub(super) async fn try_end_staging(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        bytes: u64,
+        outcome: &mut Option<Result<Vec<(Backing, FileIdentity)>, String>>,
+    ) -> Result<(), Refusal> {
+        let _visibility = self.visibility.lock().await;
+        let case = match self.store.case(case_ref).await? {
+            Some(c) if c.state == CaseState::Approved => c,
+            Some(c) => {
+                // Closed while staging: that already cleaned up; leave nothing behind.
+                info!(case = %case_ref, state = %c.state, "staging ended after the case left the approved state");
+                let _ = self.remove_staging(case_ref).await;
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let dir = self.directory();
+        let department = case.department.clone().unwrap_or_default();
+        let staged = outcome.take().unwrap_or_else(|| Err("staging outcome lost".into()));
+        // Kept for another attempt should this one fail to record its result.
+        let keep = staged.clone();
+        let checked = staged.and_then(|backings| match no_longer_authorized(&dir, case.department.as_deref(), files) {
+            Some(reason) => Err(format!("no longer authorized: {reason}")),
+            None => self.exported_case(case_ref, &department, files, backings),
+        });
+        let system = Actor::system();
+        match checked {
+            Ok(exported) => {
+                let details = json!({"files": files.len(), "bytes": bytes, "mode": self.cfg.mode.to_string()});
+                if let Err(e) = self.take(&Role::System, &system, &case, Action::Export, details).await {
+                    *outcome = Some(keep);
+                    return Err(e);
+                }
+                self.publish(exported).await;
+                info!(case = %case_ref, files = files.len(), bytes, "case exported");
+            }
+            Err(reason) => {
+                let _ = self.remove_staging(case_ref).await;
+                let details = json!({"reason": reason});
+                if let Err(e) = self.take(&Role::System, &system, &case, Action::Block, details).await {
+                    *outcome = Some(keep);
+                    return Err(e);
+                }
+                warn!(case = %case_ref, "staging failed; case blocked");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn exported_case(
+        &self,
+        case_ref: &str,
+        department: &str,
+        files: &[CaseFile],
+        backings: Vec<(Backing, FileIdentity)>,
+    ) -> Result<ExportedCase, String> {
+        let owner_uid = self
+            .directory()
+            .department(department)
+            .map(|d| d.transfer_uid)
+            .ok_or_else(|| format!("department {department:?} of case {case_ref} is not in the directory"))?;
+        let exported: Vec<ExportedFile> = files
+            .iter()
+            .zip(backings)
+            .map(|(f, (backing, identity))| ExportedFile {
+                name: f.export_name.clone(),
+                file_id: f.file.file_id.to_string(),
+                sha256: f.file.sha256.clone(),
+                size: f.file.size,
+                mtime_ns: f.file.submitted_ns,
+                backing,
+                identity: Some(identity),
+            })
+            .collect();
+        let sums = receipt::format_sums(exported.iter().map(|f| (f.name.as_str(), f.sha256.as_str()))).into_bytes();
+        Ok(ExportedCase {
+            case_ref: case_ref.to_string(),
+            department: department.to_string(),
+            owner_uid,
+            mtime_ns: exported.iter().map(|f| f.mtime_ns).max().unwrap_or(0),
+            files: exported,
+            sums,
+        })
+    }
+
+    /// Publishes to the mount; the kernel notifications it sends may wait, so off the runtime's workers.
+    pub(super) async fn publish(&self, case: ExportedCase) {
+        let table = self.exports.clone();
+        let _ = tokio::task::spawn_blocking(move || table.publish(case)).await;
+    }
+
+    pub(super) async fn withdraw(&self, case_ref: &str) {
+        let table = self.exports.clone();
+        let case_ref = case_ref.to_string();
+        let _ = tokio::task::spawn_blocking(move || table.withdraw(&case_ref)).await;
+    }
+
+    /// Takes a case to a terminal state: staging stopped, the state change and
+    /// the mount change together, then cleanup and the seal.
+    pub(super) async fn end_case(
+        &self,
+        role: &Role,
+        actor: &Actor,
+        case_ref: &str,
+        action: Action,
+        details: serde_json::Value,
+    ) -> Result<(), Refusal> {
+        // Only a change the rules allow may stop a running staging job.
+        let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+        let facts = case.facts();
+        transition(role, action, facts)?;
+        self.stop_staging(case_ref).await;
+        {
+            let _visibility = self.visibility.lock().await;
+            let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+            self.take(role, actor, &case, action, details).await?;
+            self.withdraw(case_ref).await;
+        }
+        self.finish(case_ref).await
+    }
+
+    /// After a case reached a terminal state: it leaves the mount, its
+    /// staging area is deleted, the log is sealed and written out. Safe to
+    /// run again after a crash part-way.
+    pub async fn finish(&self, case_ref: &str) -> Result<(), Refusal> {
+        // A close and the expiry pass's retry must not both seal the same log.
+        let _finishing = self.finishing.lock().await;
+        self.withdraw(case_ref).await;
+        self.remove_staging(case_ref).await.map_err(|e| {
+            refuse(
+                RefusalKind::Internal,
+                format!("cannot delete the staging area of {case_ref}: {e}; it is retried at the next expiry pass"),
+            )
+        })?;
+        let mut events = self.store.events(case_ref).await?;
+        if events.last().and_then(|e| e.kind()) != Some(EventKind::Sealed) {
+            let head = events.last().map(|e| e.hash.clone()).unwrap_or_default();
+            let seal = json!({"records": events.len(), "head": head, "staging_deleted": true});
+
+            let rec = self
+                .store
+                .append_in(
+                    case_ref,
+                    &CaseState::TERMINAL,
+                    NewEvent::new(&Actor::system(), EventKind::Sealed, seal),
+                )
+                .await?;
+            events.push(rec);
+        }
+        let dir = self.cfg.caselog_dir();
+        let case_ref_owned = case_ref.to_string();
+        let n = events.len();
+        tokio::task::spawn_blocking(move || write_sealed(&dir, &case_ref_owned, &events))
+            .await
+            .map_err(|e| refuse(RefusalKind::Internal, e.to_string()))?
+            .map_err(|e| refuse(RefusalKind::Internal, format!("cannot write the sealed case log: {e}")))?;
+        info!(case = %case_ref, records = n, "case log sealed");
+        Ok(())
+    }
+
+    /// Keeps an exported case out of the mount, saying why in its log (the
+    /// reason may name GDB paths, so the journal gets only the reference).
+    pub(super) async fn hide(&self, case_ref: &str, reason: &str) {
+        self.withdraw(case_ref).await;
+        error!(case = %case_ref, "case kept out of the mount (see its case log)");
+        let ev = NewEvent::new(&Actor::system(), EventKind::Hidden, json!({"reason": reason}));
+        if let Err(e) = self.store.append_in(case_ref, &CaseState::VISIBLE, ev).await {
+            warn!(case = %case_ref, error = %e, "could not record why the case is hidden");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The request entry: who the caller is, what they may ask, and how refusals are shaped.
+
+use super::cases::redact;
+use super::{Caller, Service};
+use crate::audit::Actor;
+use crate::control::proto::{Refusal, RefusalKind, Reply, Request, Response};
+use crate::db::{CaseRecord, StoreError};
+use crate::domain::case::{Role, TransitionError};
+use crate::names::CaseRef;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use tracing::{error, info, warn};
+
+pub(super) fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+    Refusal::new(kind, message)
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        match e {
+            StoreError::Exists(_) | StoreError::Conflict { .. } => refuse(RefusalKind::State, e.to_string()),
+            StoreError::NoCase(_) => refuse(RefusalKind::NotFound, e.to_string()),
+            StoreError::Catalog(_) => refuse(RefusalKind::Invalid, e.to_string()),
+            StoreError::Db(_) | StoreError::Corrupt(..) => {
+                error!(error = %e, "store failure");
+                refuse(RefusalKind::Internal, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<TransitionError> for Refusal {
+    fn from(e: TransitionError) -> Refusal {
+        let kind = match e {
+            TransitionError::NotStaff(_) | TransitionError::NotOwner(_) => RefusalKind::Denied,
+            TransitionError::WrongState { .. } => RefusalKind::State,
+            TransitionError::NotVerified => RefusalKind::Failed,
+        };
+        refuse(kind, e.to_string())
+    }
+}
+
+pub(super) fn parse_ref(s: &str) -> Result<CaseRef, Refusal> {
+    CaseRef::parse(s).map_err(|e| refuse(RefusalKind::Invalid, e.to_string()))
+}
+
+pub(super) fn not_found(case_ref: &str) -> Refusal {
+    refuse(RefusalKind::NotFound, format!("no case {case_ref}"))
+}
+
+impl Service {
+    pub fn role(&self, c: &Caller) -> Role {
+        if crate::domain::authz::is_staff(c.uid, c.gid, &c.groups, self.staff_gid) {
+            return Role::Staff;
+        }
+        match self.directory().department_of_uid(c.uid) {
+            Some(d) => Role::Transfer {
+                department: d.id.to_string(),
+            },
+            None => Role::Nobody,
+        }
+    }
+
+    /// The answer to a caller who is neither staff nor a transfer account.
+    pub fn refuse_nobody(&self, caller: &Caller) -> Refusal {
+        warn!(uid = caller.uid, "refused: caller is neither staff nor a transfer account");
+        refuse(
+            RefusalKind::Denied,
+            format!(
+                "permission denied: uid {} is neither workcopy staff nor a department's transfer account",
+                caller.uid
+            ),
+        )
+    }
+
+    pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request, fds: Vec<OwnedFd>) -> Response {
+        let role = self.role(caller);
+        let op = req.name();
+        if role == Role::Nobody {
+            return Err(self.refuse_nobody(caller));
+        }
+        let actor = self.actor(caller.uid);
+        let result = self.dispatch(&role, &actor, req, fds).await;
+        match &result {
+            Ok(_) => info!(op, uid = caller.uid, "done"),
+            Err(r) => info!(op, uid = caller.uid, kind = ?r.kind, "refused"),
+        }
+        result
+    }
+
+    pub(super) async fn dispatch(self: &Arc<Self>, role: &Role, actor: &Actor, req: Request, fds: Vec<OwnedFd>) -> Response {
+        let staff_only = |what: &str| -> Result<(), Refusal> {
+            if *role == Role::Staff {
+                Ok(())
+            } else {
+                Err(refuse(
+                    RefusalKind::Denied,
+                    format!("permission denied: only workcopy staff may use `{what}`"),
+                ))
+            }
+        };
+        match req {
+            Request::Status => {
+                staff_only("status")?;
+                self.status().await
+            }
+            Request::CatalogImport => {
+                staff_only("catalog import")?;
+                let fd = fds
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| refuse(RefusalKind::Invalid, "catalog import needs the catalog file"))?;
+                self.catalog_import(fd).await
+            }
+            Request::CatalogShow { descriptor } => {
+                staff_only("catalog show")?;
+                let files = self.store.resolve(&descriptor, 50).await?;
+                if files.is_empty() {
+                    return Err(refuse(RefusalKind::NotFound, format!("no catalog file matches {descriptor:?}")));
+                }
+                Ok(Reply::Files { files })
+            }
+            Request::CaseOpen { case_ref, form } => {
+                staff_only("case open")?;
+                self.case_open(actor, &case_ref, form).await
+            }
+            Request::CaseApprove { case_ref } => self.case_approve(role, actor, &case_ref).await,
+            Request::CaseReject { case_ref, reason } => self.case_reject(role, actor, &case_ref, &reason).await,
+            Request::CaseConfirm { case_ref, sha256sums } => self.case_confirm(role, actor, &case_ref, &sha256sums).await,
+            Request::CaseClose { case_ref, force, reason } => self.case_close(role, actor, &case_ref, force, reason).await,
+            Request::CaseList { state } => {
+                let dept = match role {
+                    Role::Staff => None,
+                    Role::Transfer { department } => Some(department.as_str()),
+                    _ => return Err(refuse(RefusalKind::Denied, "permission denied")),
+                };
+                let mut cases = self.store.list_cases(state, dept).await?;
+                if *role != Role::Staff {
+                    cases.iter_mut().for_each(redact);
+                }
+                Ok(Reply::Cases { cases })
+            }
+            Request::CaseShow { case_ref } => {
+                let case = self.visible_case(role, &case_ref).await?;
+                Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+            }
+            Request::CaseLog { case_ref } => {
+                staff_only("case log")?;
+                let case_ref = parse_ref(&case_ref)?;
+                if self.store.case(case_ref.as_str()).await?.is_none() {
+                    return Err(not_found(case_ref.as_str()));
+                }
+                Ok(Reply::Log {
+                    records: self.store.events(case_ref.as_str()).await?,
+                })
+            }
+            Request::AuditVerify => {
+                staff_only("audit verify")?;
+                self.audit_verify().await
+            }
+        }
+    }
+
+    /// The case, if the caller may know of it (others get the same answer as for no case).
+    pub(super) async fn visible_case(&self, role: &Role, case_ref: &str) -> Result<CaseRecord, Refusal> {
+        let r = parse_ref(case_ref)?;
+        let case = self.store.case(r.as_str()).await?.ok_or_else(|| not_found(r.as_str()))?;
+        match role {
+            Role::Staff | Role::System => Ok(case),
+            Role::Transfer { department } if case.department.as_deref() == Some(department.as_str()) => Ok(case),
+            _ => Err(not_found(r.as_str())),
+        }
+    }
+}
