@@ -2,7 +2,8 @@
 //! (`common`) compiles once. Each module drives the real binary: the case
 //! register over the control socket (`register`), the export mount through
 //! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
-//! service as systemd runs it (`systemd`).
+//! service as systemd runs it (`systemd`); the CLI's output against
+//! checked-in snapshots (`snapshot`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -12,4 +13,5 @@ mod common;
 mod mount;
 mod regional;
 mod register;
+mod snapshot;
 mod systemd;
