@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The export mount through the real daemon, the kernel and real tools:
 //! rsync pulls as a department's transfer account (setpriv), checksum
 //! comparison with `sha256sum -c`, isolation between departments, `EROFS` on
@@ -7,9 +6,7 @@
 //! on both read paths, the access record, expiry, crash and restart, and
 //! `status`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

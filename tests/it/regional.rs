@@ -11,11 +11,7 @@
 //! `wc-xfer-a` (uid 2001) and `wc-xfer-b` (uid 2003) when no account has those
 //! uids, because sshd needs passwd entries, and leaves them for later runs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid, User};
 use std::io::Read;
@@ -116,7 +112,7 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
 fn require_prerequisites() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "tests/regional.rs needs root: it starts sshd, creates accounts and mounts FUSE (run: sudo scripts/test)"
+        "tests/it/regional.rs needs root: it starts sshd, creates accounts and mounts FUSE (run: sudo scripts/test)"
     );
     assert!(
         Path::new(SSHD).is_file(),

@@ -2,11 +2,8 @@
 //! speaks the notify protocol, it works with only the unit's capabilities,
 //! and a mount namespace (what PrivateTmp=, ProtectSystem= and friends set
 //! up) would hide the export from the host, which is why the unit uses none.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;

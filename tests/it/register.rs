@@ -2,11 +2,7 @@
 //! catalog, case open and verification, the lifecycle, roles, the case log,
 //! expiry, SIGHUP, the control socket's robustness and restarts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -7,8 +7,6 @@
 //! parallel. Dropping the `Env` stops the daemon (SIGTERM, then SIGKILL) and
 //! lazily unmounts `mnt/` if anything is mounted there.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -232,11 +230,6 @@ pub fn sums_list<N: AsRef<str>, S: AsRef<str>>(entries: &[(N, S)]) -> String {
     out
 }
 
-/// Writes a `sha256sum`-format list (mode 0644, so any uid can read it).
-pub fn write_sums<N: AsRef<str>, S: AsRef<str>>(path: &Path, entries: &[(N, S)]) {
-    write_file(path, sums_list(entries).as_bytes(), 0o644);
-}
-
 /// Writes a file and sets its mode.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) {
     if let Some(p) = path.parent() {
@@ -324,13 +317,6 @@ impl Out {
         self
     }
 
-    /// Asserts stdout or stderr contains `s`.
-    #[track_caller]
-    pub fn says(self, s: &str) -> Out {
-        assert!(self.stdout.contains(s) || self.stderr.contains(s), "output lacks {s:?}:\n{self}");
-        self
-    }
-
     /// stdout parsed as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
@@ -357,7 +343,6 @@ pub struct Env {
     pub gdb: PathBuf,
     pub state: PathBuf,
     pub mnt: PathBuf,
-    pub run: PathBuf,
     pub socket: PathBuf,
     pub config: PathBuf,
     pub directory: PathBuf,
@@ -422,7 +407,6 @@ impl Env {
             gdb,
             state,
             mnt,
-            run,
             opts,
             files,
             daemon: None,

@@ -1,0 +1,17 @@
+//! workcopy's integration tests, as one test binary so the shared harness
+//! (`common`) compiles once. Each module drives the real binary: the case
+//! register over the control socket (`register`), the export mount through
+//! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
+//! service as systemd runs it (`systemd`); the CLI's output against
+//! checked-in snapshots (`snapshot`).
+//!
+//! Run one family with a filter, e.g. `cargo test --test it register::`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod mount;
+mod regional;
+mod register;
+mod snapshot;
+mod systemd;
