@@ -14,4 +14,5 @@ pub mod names;
 pub mod receipt;
 pub mod service;
 pub mod staging;
+pub mod sync;
 pub mod unix;

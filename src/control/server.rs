@@ -2,7 +2,7 @@
 //! caller identified from the socket's peer credentials. A bad frame or
 //! message gets an error reply and closes that connection only.
 
-use super::frame::{FrameError, encode, recv_with_fds};
+use super::frame::{FrameError, MAX_FDS, encode, recv_with_fds};
 use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Request, Response};
 use crate::domain::case::Role;
 use crate::service::{Caller, Service};
@@ -16,8 +16,9 @@ use tracing::{debug, warn};
 
 /// How long a connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
-/// At most this many descriptors are kept from one frame.
-const MAX_FDS: usize = 1;
+/// How long a reply may take to be written: a client that does not read
+/// gives its connection up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the socket: removes a stale socket file, makes the parent
 /// directory, and opens the file to everyone (authorization is by credentials).
@@ -40,27 +41,70 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// At most this many connections are served at once; more are closed at once.
+/// Non-staff connections served at once, in all.
 const MAX_CONNECTIONS: usize = 256;
+/// Non-staff connections served at once for one uid, so no account can take
+/// the socket from the others (the ssh gate needs one per pull).
+const MAX_CONNECTIONS_PER_UID: usize = 16;
+
+/// Who holds how many of the non-staff connection slots.
+#[derive(Debug, Default)]
+pub struct ConnectionLimits {
+    per_uid: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// One slot of [`ConnectionLimits`], given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limits: Arc<ConnectionLimits>,
+    uid: u32,
+}
+
+impl ConnectionLimits {
+    /// A slot for `uid`, or `None` when it or everyone together holds the most allowed.
+    pub fn acquire(self: &Arc<Self>, uid: u32, per_uid: usize, total: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let mut map = crate::sync::lock(&self.per_uid);
+        let held = map.get(&uid).copied().unwrap_or(0);
+        if held >= per_uid || self.total.load(Ordering::Relaxed) >= total {
+            return None;
+        }
+        map.insert(uid, held + 1);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { limits: self.clone(), uid })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = crate::sync::lock(&self.limits.per_uid);
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+        self.limits.total.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 pub async fn run(listener: UnixListener, svc: Arc<Service>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limits = Arc::new(ConnectionLimits::default());
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(cred) = stream.peer_cred() else { continue };
                 // Staff are never locked out by others' connections; everyone
-                // else shares the slots.
-                let staff = stream
-                    .peer_cred()
-                    .map(|c| svc.role(&caller_of(&stream, &c)) == Role::Staff)
-                    .unwrap_or(false);
-                let permit = if staff {
+                // else has a share of their own and of the slots in all.
+                let staff = svc.role(&caller_of(&stream, &cred)) == Role::Staff;
+                let slot = if staff {
                     None
                 } else {
-                    match slots.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            debug!("too many connections; closing a new one");
+                    match limits.acquire(cred.uid(), MAX_CONNECTIONS_PER_UID, MAX_CONNECTIONS) {
+                        Some(s) => Some(s),
+                        None => {
+                            warn!(uid = cred.uid(), "too many connections from this uid; closing a new one");
                             continue;
                         }
                     }
@@ -68,7 +112,7 @@ pub async fn run(listener: UnixListener, svc: Arc<Service>) {
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     connection(stream, svc).await;
-                    drop(permit);
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -127,6 +171,15 @@ async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
                 .await;
                 return;
             }
+            Ok(Err(FrameError::TooManyFds)) => {
+                warn!(uid = caller.uid, "request with too many file descriptors refused");
+                let _ = reply(
+                    &mut stream,
+                    &Err(Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string())),
+                )
+                .await;
+                return;
+            }
             Ok(Err(FrameError::Io(e))) => {
                 debug!(error = %e, "connection read failed");
                 return;
@@ -172,7 +225,13 @@ async fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<
     } else {
         body
     };
-    stream.write_all(&encode(&body)).await
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&encode(&body))).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client does not read its reply",
+        )),
+    }
 }
 
 async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), FrameError> {
@@ -180,12 +239,16 @@ async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
     while off < buf.len() {
         stream.readable().await?;
         match stream.try_io(Interest::READABLE, || recv_with_fds(stream.as_raw_fd(), &mut buf[off..], fds)) {
-            Ok(0) => return Err(FrameError::Closed),
-            Ok(n) => off += n,
+            Ok(r) if r.truncated || fds.len() > MAX_FDS => {
+                // Every descriptor received is closed with `fds`.
+                fds.clear();
+                return Err(FrameError::TooManyFds);
+            }
+            Ok(r) if r.bytes == 0 => return Err(FrameError::Closed),
+            Ok(r) => off += r.bytes,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         }
-        fds.truncate(MAX_FDS);
     }
     Ok(())
 }
@@ -200,4 +263,25 @@ async fn read_frame(stream: &UnixStream, max: usize, fds: &mut Vec<OwnedFd>) -> 
     let mut body = vec![0u8; n];
     read_exact(stream, &mut body, fds).await?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_take_every_slot() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let mine: Vec<Slot> = (0..3).filter_map(|_| limits.acquire(1001, 3, 5)).collect();
+        assert_eq!(mine.len(), 3);
+        assert!(limits.acquire(1001, 3, 5).is_none(), "a fourth for the same uid");
+        let other: Vec<Slot> = (0..3).filter_map(|_| limits.acquire(1002, 3, 5)).collect();
+        assert_eq!(other.len(), 2, "the total bounds everyone together");
+        drop(mine);
+        let again = limits.acquire(1001, 3, 5);
+        assert!(again.is_some(), "slots come back when dropped");
+        assert_eq!(crate::sync::lock(&limits.per_uid).get(&1001).copied(), Some(1));
+        drop((again, other));
+        assert!(crate::sync::lock(&limits.per_uid).is_empty());
+    }
 }
