@@ -4,8 +4,8 @@
 //! errno values.
 
 use super::inodes::{InodeTable, Node, ROOT, Removed};
-use super::table::{Backing, ExportListener, ExportedCase, FileIdentity};
-use crate::staging::open_beneath;
+use super::table::{Backing, ExportListener, ExportedCase};
+use crate::gdb::{FileIdentity, open_beneath};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
