@@ -396,6 +396,15 @@ mod tests {
             };
             assert!(matches!(verify_in_place(&rootfd, &e, &p), Err(StageError::Open { .. })), "{rel}");
         }
+        let link = Expect {
+            rel: "runs/link.fq",
+            size: 7,
+            sha256: &bad_sum,
+        };
+        assert_eq!(
+            verify_in_place(&rootfd, &link, &p).err().map(|e| e.to_string()).as_deref(),
+            Some("runs/link.fq: cannot open beneath gdb_root: the path goes through a symbolic link")
+        );
         // Whole blocks written direct, then a tail that is not block-aligned.
         let big: Vec<u8> = (0..(2 * CHUNK + 3 * ALIGN + 17)).map(|i| (i * 7 + i / 4096) as u8).collect();
         std::fs::write(root.join("runs/big.fq"), &big)?;
