@@ -5,8 +5,9 @@
 use crate::config::Config;
 use crate::control::server;
 use crate::domain::directory::Directory;
-use crate::export::fs::{ExportFs, ProcStaff};
+use crate::export::fs::ExportFs;
 use crate::service::{Service, StoreAccessLog};
+use crate::unix::ProcStaff;
 use anyhow::Context;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

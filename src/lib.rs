@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod db;
 pub mod domain;
 pub mod export;
+pub mod gdb;
 pub mod names;
 pub mod receipt;
 pub mod service;

@@ -5,13 +5,12 @@
 //! fsynced, and only then published under their final name.
 
 use crate::audit::hex;
-use crate::export::table::FileIdentity;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use crate::gdb::{self, BeneathError, FileIdentity};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,53 +38,13 @@ pub enum StageError {
     #[error("{0}: staging stopped (the case was closed)")]
     Cancelled(String),
     #[error("{path}: cannot open beneath gdb_root: {reason}")]
-    Open { path: String, reason: String },
+    Open { path: String, reason: BeneathError },
     #[error("{path}: is {actual} bytes, the catalog says {expected}")]
     Size { path: String, expected: u64, actual: u64 },
     #[error("{path}: sha256 is {actual}, the catalog says {expected}")]
     Checksum { path: String, expected: String, actual: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
-}
-
-/// Opens `gdb_root` once; files are resolved relative to it.
-pub fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
-    let f = File::open(root)?;
-    if !f.metadata()?.is_dir() {
-        return Err(std::io::Error::other(format!("{} is not a directory", root.display())));
-    }
-    Ok(f.into())
-}
-
-/// Opens a catalog path read-only beneath the root: no symlink anywhere on
-/// the way, no escape by `..` or an absolute path, nothing but a regular file.
-pub fn open_beneath(root: impl AsFd, rel: &str) -> Result<File, StageError> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root, rel, how).map_err(|e| StageError::Open {
-        path: rel.to_string(),
-        reason: match e {
-            nix::errno::Errno::EXDEV => "the path leads outside gdb_root".into(),
-            nix::errno::Errno::ELOOP => "the path goes through a symbolic link".into(),
-            nix::errno::Errno::ENOENT => "no such file".into(),
-            e => e.desc().to_string(),
-        },
-    })?;
-    let file = File::from(fd);
-    let meta = file.metadata().map_err(|source| StageError::Io {
-        path: rel.to_string(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(StageError::Open {
-            path: rel.to_string(),
-            reason: "not a regular file".into(),
-        });
-    }
-    // Clear O_NONBLOCK (used only so opening a FIFO cannot hang) for plain reads.
-    let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_RDONLY));
-    Ok(file)
 }
 
 /// What one file must be.
@@ -113,6 +72,13 @@ fn check(e: &Expect<'_>, actual_size: u64, hasher: Sha256) -> Result<(), StageEr
         });
     }
     Ok(())
+}
+
+fn open_beneath(root: impl AsFd, rel: &str) -> Result<File, StageError> {
+    gdb::open_beneath(root, rel).map_err(|reason| StageError::Open {
+        path: rel.to_string(),
+        reason,
+    })
 }
 
 fn io(path: &str) -> impl Fn(std::io::Error) -> StageError + '_ {
@@ -392,7 +358,7 @@ mod tests {
         std::fs::write(tmp.path().join("secret"), b"outside")?;
         symlink(tmp.path().join("secret"), root.join("runs/link.fq"))?;
         symlink("../gdb/runs", root.join("dirlink"))?;
-        let rootfd = open_root(&root)?;
+        let rootfd = gdb::open_root(&root)?;
         let data = std::fs::read(root.join("runs/a.fq"))?;
         let good = Expect {
             rel: "runs/a.fq",
@@ -430,6 +396,15 @@ mod tests {
             };
             assert!(matches!(verify_in_place(&rootfd, &e, &p), Err(StageError::Open { .. })), "{rel}");
         }
+        let link = Expect {
+            rel: "runs/link.fq",
+            size: 7,
+            sha256: &bad_sum,
+        };
+        assert_eq!(
+            verify_in_place(&rootfd, &link, &p).err().map(|e| e.to_string()).as_deref(),
+            Some("runs/link.fq: cannot open beneath gdb_root: the path goes through a symbolic link")
+        );
         // Whole blocks written direct, then a tail that is not block-aligned.
         let big: Vec<u8> = (0..(2 * CHUNK + 3 * ALIGN + 17)).map(|i| (i * 7 + i / 4096) as u8).collect();
         std::fs::write(root.join("runs/big.fq"), &big)?;

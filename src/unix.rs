@@ -81,6 +81,35 @@ pub fn process_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Decides whether a process is staff: root, the staff group as its primary
+/// group, or among its supplementary groups (read from `/proc`, cached for a
+/// moment per process).
+pub struct ProcStaff {
+    pub staff_gid: u32,
+    cache: moka::sync::Cache<(u32, u32), bool>,
+}
+
+impl ProcStaff {
+    pub fn new(staff_gid: u32) -> ProcStaff {
+        ProcStaff {
+            staff_gid,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(2))
+                .build(),
+        }
+    }
+
+    /// Whether the process `pid`, running as `uid` with primary group `gid`, is staff.
+    pub fn is_member(&self, uid: u32, gid: u32, pid: u32) -> bool {
+        if uid == 0 || gid == self.staff_gid {
+            return true;
+        }
+        let staff = self.staff_gid;
+        self.cache.get_with((pid, uid), || process_groups(pid).contains(&staff))
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()

@@ -4,8 +4,8 @@
 //! errno values.
 
 use super::inodes::{InodeTable, Node, ROOT, Removed};
-use super::table::{Backing, ExportListener, ExportedCase, FileIdentity};
-use crate::staging::open_beneath;
+use super::table::{Backing, ExportListener, ExportedCase};
+use crate::gdb::{FileIdentity, open_beneath};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -106,31 +106,9 @@ pub trait StaffCheck: Send + Sync {
     fn is_staff(&self, c: &Caller) -> bool;
 }
 
-pub struct ProcStaff {
-    pub staff_gid: u32,
-    cache: moka::sync::Cache<(u32, u32), bool>,
-}
-
-impl ProcStaff {
-    pub fn new(staff_gid: u32) -> ProcStaff {
-        ProcStaff {
-            staff_gid,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(4096)
-                .time_to_live(Duration::from_secs(2))
-                .build(),
-        }
-    }
-}
-
-impl StaffCheck for ProcStaff {
+impl StaffCheck for crate::unix::ProcStaff {
     fn is_staff(&self, c: &Caller) -> bool {
-        if c.uid == 0 || c.gid == self.staff_gid {
-            return true;
-        }
-        let gid = self.staff_gid;
-        self.cache
-            .get_with((c.pid, c.uid), || crate::unix::process_groups(c.pid).contains(&gid))
+        self.is_member(c.uid, c.gid, c.pid)
     }
 }
 

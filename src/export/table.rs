@@ -2,6 +2,7 @@
 //! export filesystem reads only this (never the database) to answer lookups,
 //! listings and reads.
 
+use crate::gdb::FileIdentity;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -21,29 +22,6 @@ pub struct ExportedFile {
     /// The backing file as it was when its bytes were verified; an open that
     /// finds anything else (the file was replaced or changed) fails.
     pub identity: Option<FileIdentity>,
-}
-
-/// What identifies a file's verified state: a changed file changes at least one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-}
-
-impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

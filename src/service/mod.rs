@@ -23,7 +23,6 @@ use crate::db::Store;
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::directory::Directory;
 use crate::export::table::ExportTable;
-use crate::staging::{self};
 use crate::unix::NameCache;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -69,7 +68,7 @@ pub struct Service {
 impl Service {
     pub fn new(cfg: Config, store: Arc<dyn Store>, directory: Directory, staff_gid: u32) -> std::io::Result<Arc<Service>> {
         let gdb_root =
-            staging::open_root(&cfg.gdb_root).map_err(|e| std::io::Error::other(format!("gdb_root {}: {e}", cfg.gdb_root.display())))?;
+            crate::gdb::open_root(&cfg.gdb_root).map_err(|e| std::io::Error::other(format!("gdb_root {}: {e}", cfg.gdb_root.display())))?;
         Ok(Arc::new(Service {
             cfg,
             store,
