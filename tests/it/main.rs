@@ -2,13 +2,15 @@
 //! (`common`) compiles once. Each module drives the real binary: the case
 //! register over the control socket (`register`), the export mount through
 //! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
-//! service as systemd runs it (`systemd`); the CLI's output against
+//! service as systemd runs it (`systemd`); hostile local accounts (`abuse`);
+//! the CLI's output against
 //! checked-in snapshots (`snapshot`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod common;
 mod mount;
 mod regional;

@@ -1,0 +1,103 @@
+//! A department's transfer account is a local user of the transfer host: it
+//! must not be able to take service from the other departments or staff.
+
+use crate::common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs a Python snippet as `uid` (the socket path is `sys.argv[1]`).
+fn python_as(uid: u32, env: &Env, code: &str) -> std::process::Child {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(["/usr/bin/python3", "-c", code])
+        .arg(&env.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs")
+}
+
+fn daemon_fds(env: &Env) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", env.pid())).unwrap().count()
+}
+
+#[test]
+fn passed_descriptors_never_accumulate_in_the_daemon() {
+    let env = Env::ready();
+    let before = daemon_fds(&env);
+    // 2,000 frames, each carrying 12 descriptors: refused, and every one closed.
+    let flood = r#"
+import socket, sys, os
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(12)]
+refused = 0
+for i in range(2000):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    try:
+        socket.send_fds(s, [b"\x00\x00\x00\x10{\"op\":\"status\"}"], fds)
+        s.settimeout(5)
+        if b"descriptor" in s.recv(4096):
+            refused += 1
+    except OSError:
+        pass
+    s.close()
+print(refused)
+"#;
+    let out = python_as(UID_A1, &env, flood).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(refused > 1900, "frames with descriptors are refused with a reason: {refused}");
+    let after = daemon_fds(&env);
+    assert!(
+        after <= before + 8,
+        "the daemon holds {after} descriptors, {before} before the flood"
+    );
+    // And it still works for everyone.
+    env.cli(&["status"]).ok();
+    env.cli_as(Who::Dept(UID_A2), &["case", "list"]).ok();
+}
+
+#[test]
+fn one_account_cannot_take_the_socket_from_the_others() {
+    let env = Env::ready();
+    // 300 idle connections from one transfer account, held open.
+    let hog = r#"
+import socket, sys, time
+held = []
+for i in range(300):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("holding", flush=True)
+time.sleep(30)
+"#;
+    let mut child = python_as(UID_A1, &env, hog);
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line.trim(), "holding");
+    std::thread::sleep(Duration::from_millis(300));
+    // Another department, and staff, are served at once.
+    env.cli_as(Who::Dept(UID_A2), &["case", "list"]).ok();
+    env.cli_as(Who::Dept(UID_B1), &["case", "list"]).ok();
+    env.cli_as(Who::Staff, &["status"]).ok();
+    // The hog itself is held to its share: its next connection is closed.
+    env.cli_as(Who::Dept(UID_A1), &["case", "list"]).fails();
+    assert!(
+        env.daemon_log().contains("too many connections from this uid"),
+        "{}",
+        env.daemon_log()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // Once it lets go, it is served again.
+    assert!(
+        env.wait_for(Duration::from_secs(10), || env.cli_as(Who::Dept(UID_A1), &["case", "list"]).status
+            == 0)
+    );
+}
