@@ -21,6 +21,36 @@ pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Set when whoever asked for a piece of work no longer waits for it (the
+/// control client hung up); long work checks it and stops.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A reader that fails once its work is cancelled, so a parse stops early.
+pub struct CancelRead<R> {
+    pub inner: R,
+    pub cancel: Cancel,
+}
+
+impl<R: std::io::Read> std::io::Read for CancelRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("the client went away"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +67,19 @@ mod tests {
         assert!(m.is_poisoned());
         *lock(&m) += 1;
         assert_eq!(*lock(&m), 2);
+    }
+
+    #[test]
+    fn a_cancelled_read_stops() {
+        use std::io::Read;
+        let cancel = Cancel::default();
+        let mut r = CancelRead {
+            inner: std::io::repeat(0),
+            cancel: cancel.clone(),
+        };
+        let mut buf = [0u8; 16];
+        assert_eq!(r.read(&mut buf).ok(), Some(16));
+        cancel.cancel();
+        assert!(r.read(&mut buf).is_err());
     }
 }

@@ -6,13 +6,14 @@ use super::frame::{FrameError, MAX_FDS, encode, recv_with_fds};
 use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Request, Response};
 use crate::domain::case::Role;
 use crate::service::{Caller, Service};
+use crate::sync::Cancel;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How long a connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
@@ -201,9 +202,50 @@ async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
                 return;
             }
         };
-        let response = svc.handle(&caller, request, fds).await;
+        // The request runs to its end (a half-done state change is worse than
+        // a wasted one), but long work stops when the client hangs up.
+        let cancel = Cancel::default();
+        let handling = svc.handle(&caller, request, fds, &cancel);
+        tokio::pin!(handling);
+        let mut watching = true;
+        let response = loop {
+            tokio::select! {
+                r = &mut handling => break r,
+                _ = peer_gone(&stream), if watching => {
+                    info!(uid = caller.uid, "client hung up; stopping its request's long work");
+                    cancel.cancel();
+                    watching = false;
+                }
+            }
+        };
         if reply(&mut stream, &response).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Returns when the peer has closed its end (its request is still being
+/// answered). A client that sends more meanwhile is not watched further.
+async fn peer_gone(stream: &UnixStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut b = [0u8; 1];
+        let peeked = stream.try_io(Interest::READABLE, || {
+            // SAFETY: reads at most one byte into `b`, which outlives the call.
+            let n = unsafe { libc::recv(stream.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => std::future::pending::<()>().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
         }
     }
 }

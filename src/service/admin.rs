@@ -6,9 +6,32 @@ use crate::audit::{self};
 use crate::control::proto::{AuditReport, RefusalKind, Reply, Response, StatusReply};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogError, parse_catalog};
+use crate::sync::{Cancel, CancelRead};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use tracing::info;
+
+/// The largest catalog file one import reads (a national catalog of ten
+/// million files is about 1.7 GB).
+pub const MAX_CATALOG_BYTES: u64 = 8 << 30;
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
 
 impl Service {
     pub(super) async fn status(&self) -> Response {
@@ -29,11 +52,30 @@ impl Service {
         }))
     }
 
-    pub(super) async fn catalog_import(&self, fd: OwnedFd) -> Response {
+    pub(super) async fn catalog_import(&self, fd: OwnedFd, cancel: Cancel) -> Response {
         let dir = self.directory();
+        let file = std::fs::File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| refuse(RefusalKind::Invalid, format!("cannot read the catalog file: {e}")))?;
+        if !meta.is_file() {
+            return Err(refuse(
+                RefusalKind::Invalid,
+                format!("the catalog must be a regular file, not {}", file_kind(&meta)),
+            ));
+        }
+        if meta.len() > MAX_CATALOG_BYTES {
+            return Err(refuse(
+                RefusalKind::Invalid,
+                format!(
+                    "the catalog is {} bytes; the limit is {MAX_CATALOG_BYTES} (split it into several imports)",
+                    meta.len()
+                ),
+            ));
+        }
         let parsed = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::from(fd);
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let reader = CancelRead { inner: file, cancel };
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
             parse_catalog(&mut reader, &|d| dir.departments.contains_key(d))
         })
         .await

@@ -7,6 +7,7 @@ use crate::control::proto::{Refusal, RefusalKind, Reply, Request, Response};
 use crate::db::{CaseRecord, StoreError};
 use crate::domain::case::{Role, TransitionError};
 use crate::names::CaseRef;
+use crate::sync::Cancel;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use tracing::{error, info, warn};
@@ -73,14 +74,16 @@ impl Service {
         )
     }
 
-    pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request, fds: Vec<OwnedFd>) -> Response {
+    /// Answers one request. `cancel` is set when the client hangs up; work
+    /// that may run long (a catalog import) stops then.
+    pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request, fds: Vec<OwnedFd>, cancel: &Cancel) -> Response {
         let role = self.role(caller);
         let op = req.name();
         if role == Role::Nobody {
             return Err(self.refuse_nobody(caller));
         }
         let actor = self.actor(caller.uid);
-        let result = self.dispatch(&role, &actor, req, fds).await;
+        let result = self.dispatch(&role, &actor, req, fds, cancel).await;
         match &result {
             Ok(_) => info!(op, uid = caller.uid, "done"),
             Err(r) => info!(op, uid = caller.uid, kind = ?r.kind, "refused"),
@@ -88,7 +91,14 @@ impl Service {
         result
     }
 
-    pub(super) async fn dispatch(self: &Arc<Self>, role: &Role, actor: &Actor, req: Request, fds: Vec<OwnedFd>) -> Response {
+    pub(super) async fn dispatch(
+        self: &Arc<Self>,
+        role: &Role,
+        actor: &Actor,
+        req: Request,
+        fds: Vec<OwnedFd>,
+        cancel: &Cancel,
+    ) -> Response {
         let staff_only = |what: &str| -> Result<(), Refusal> {
             if *role == Role::Staff {
                 Ok(())
@@ -110,7 +120,7 @@ impl Service {
                     .into_iter()
                     .next()
                     .ok_or_else(|| refuse(RefusalKind::Invalid, "catalog import needs the catalog file"))?;
-                self.catalog_import(fd).await
+                self.catalog_import(fd, cancel.clone()).await
             }
             Request::CatalogShow { descriptor } => {
                 staff_only("catalog show")?;

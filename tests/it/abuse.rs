@@ -101,3 +101,67 @@ time.sleep(30)
             == 0)
     );
 }
+
+#[test]
+fn a_catalog_import_of_a_device_or_a_huge_file_is_refused_at_once() {
+    let env = Env::ready();
+    env.cli(&["catalog", "import", "/dev/zero"])
+        .fails()
+        .stderr_has("the catalog must be a regular file, not a character device");
+    let huge = env.root.join("huge.tsv");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(9 << 30).unwrap();
+    env.cli(&["catalog", "import", huge.to_str().unwrap()])
+        .fails()
+        .stderr_has("split it into several imports");
+    env.cli(&["status"]).ok();
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_catalog_import_stops_when_its_client_goes_away() {
+    let env = Env::ready();
+    // A header, then almost 8 GiB of a line that never ends (sparse, so cheap
+    // to make): reading it takes the daemon several seconds.
+    let endless = env.root.join("endless.tsv");
+    std::fs::write(&endless, "file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&endless)
+        .unwrap()
+        .set_len((8 << 30) - 1)
+        .unwrap();
+    let mut cli = Command::new(BIN)
+        .args([
+            "--socket",
+            env.socket.to_str().unwrap(),
+            "catalog",
+            "import",
+            endless.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = cli.kill();
+    let _ = cli.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap_or(100) as u64;
+    let before = cpu_ticks(env.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(env.pid()) - before;
+    assert!(
+        used * 10 < ticks_per_s * 2 * 3,
+        "the daemon used {used} ticks in 2 s after the client left"
+    );
+    assert!(env.daemon_log().contains("client hung up"), "{}", env.daemon_log());
+    env.cli(&["status"]).ok();
+}
