@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod sqlite;
 
+/// Why a store method failed. Whatever the variant, nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("case {0} already exists")]
@@ -25,21 +26,16 @@ pub enum StoreError {
     #[error("{0}")]
     Catalog(#[from] crate::domain::catalog::CatalogError),
     #[error("database: {0}")]
-    Db(String),
+    Db(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL names a backend this build does not have.
+    #[error("database: {0}")]
+    Unsupported(String),
+    #[error("database: stored catalog row is invalid: {0}")]
+    CatalogRow(#[source] crate::names::NameError),
     #[error("the stored case {0} cannot be read: {1}")]
     Corrupt(String, String),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Db(e.to_string())
-    }
 }
 
 /// What an import changed.
@@ -126,7 +122,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
-        Err(StoreError::Db(format!(
+        Err(StoreError::Unsupported(format!(
             "{}: only SQLite is built into this version; PostgreSQL support is planned behind the same store interface",
             crate::config::redact_url(url)
         )))

@@ -102,8 +102,13 @@ impl SqliteStore {
     }
 }
 
+/// A unique-key violation, which some writes turn into a domain answer.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
 fn catalog_file(row: &SqliteRow) -> Result<CatalogFile, StoreError> {
-    let bad = |e: crate::names::NameError| StoreError::Db(format!("stored catalog row is invalid: {e}"));
+    let bad = StoreError::CatalogRow;
     Ok(CatalogFile {
         file_id: FileId::parse(row.try_get("file_id")?).map_err(bad)?,
         path: CatalogPath::parse(row.try_get("path")?).map_err(bad)?,
@@ -290,15 +295,8 @@ impl Store for SqliteStore {
 
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM cases WHERE ref = ?")
-            .bind(&case.case_ref)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::Exists(case.case_ref));
-        }
-        let report = serde_json::to_string(&case.report).map_err(|e| StoreError::Db(e.to_string()))?;
-        sqlx::query(
+        let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let inserted = sqlx::query(
             "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
              VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, 0, ?)",
         )
@@ -312,7 +310,12 @@ impl Store for SqliteStore {
         .bind(unix_now())
         .bind(GENESIS)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            // The reference is the key: a taken one is refused by the database, not by a prior lookup.
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Exists(case.case_ref)),
+            other => other?,
+        };
         for (i, f) in case.files.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO case_files (case_ref, idx, descriptor, export_name, file_id, path, department, size, sha256, submitted_ns, extra) \

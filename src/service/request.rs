@@ -21,7 +21,11 @@ impl From<StoreError> for Refusal {
             StoreError::Exists(_) | StoreError::Conflict { .. } => refuse(RefusalKind::State, e.to_string()),
             StoreError::NoCase(_) => refuse(RefusalKind::NotFound, e.to_string()),
             StoreError::Catalog(_) => refuse(RefusalKind::Invalid, e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt(..) => {
+            StoreError::Db(_)
+            | StoreError::Migrate(_)
+            | StoreError::Unsupported(_)
+            | StoreError::CatalogRow(_)
+            | StoreError::Corrupt(..) => {
                 error!(error = %e, "store failure");
                 refuse(RefusalKind::Internal, e.to_string())
             }
