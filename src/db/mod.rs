@@ -8,6 +8,8 @@ use crate::domain::catalog::{CatalogFile, CatalogRow};
 use crate::domain::verify::{CaseFile, Report};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub mod conformance;
 pub mod sqlite;
 
 /// Why a store method failed. Whatever the variant, nothing was written.
@@ -91,7 +93,7 @@ impl CaseRecord {
 }
 
 /// The case register's storage. Every backend keeps this contract, whatever
-/// its number of connections, processes or hosts.
+/// its number of connections, processes or hosts; `conformance` tests it.
 ///
 /// **Serialised.** Two kinds of write are serialised per case:
 ///

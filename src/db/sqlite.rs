@@ -703,25 +703,33 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn import_is_all_or_nothing_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let rt = runtime();
-        let store = rt
-            .block_on(SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let first = vec![row(2, "F1", "a/x.fq"), row(3, "F2", "b/x.fq")];
-        let s = rt.block_on(store.import_catalog(first.clone())).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated, s.unchanged), (2, 0, 0));
-        let s = rt.block_on(store.import_catalog(first)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated, s.unchanged), (0, 0, 2));
-        // A new file on F1's path: refused whole, F3 is not added.
-        let clash = vec![row(2, "F3", "c/y.fq"), row(3, "F4", "a/x.fq")];
-        assert!(matches!(rt.block_on(store.import_catalog(clash)), Err(StoreError::Catalog(_))));
-        assert_eq!(rt.block_on(store.catalog_size()).ok(), Some(2));
-        // Moving F1 and giving its old path to a new file in the same import is fine.
-        let moved = vec![row(2, "F1", "a/z.fq"), row(3, "F4", "a/x.fq")];
-        let s = rt.block_on(store.import_catalog(moved)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated), (1, 1));
+    /// The store contract on the default store: one writer connection.
+    mod conformance_one_writer {
+        use super::*;
+        use std::sync::Arc;
+
+        async fn open() -> anyhow::Result<(tempfile::TempDir, Arc<dyn Store>)> {
+            let dir = tempfile::tempdir()?;
+            let store = SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())).await?;
+            Ok((dir, Arc::new(store)))
+        }
+
+        crate::db::conformance::conformance_tests!(open);
+    }
+
+    /// The store contract with several writer connections: what is serialised
+    /// must not rest on there being only one.
+    mod conformance_four_writers {
+        use super::*;
+        use std::sync::Arc;
+
+        async fn open() -> anyhow::Result<(tempfile::TempDir, Arc<dyn Store>)> {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            let store = SqliteStore::open_with(&url, Connections { writers: 4, readers: 4 }).await?;
+            Ok((dir, Arc::new(store)))
+        }
+
+        crate::db::conformance::conformance_tests!(open);
     }
 }
