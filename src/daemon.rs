@@ -50,9 +50,11 @@ pub async fn open_service(cfg: Config) -> anyhow::Result<Arc<Service>> {
     let directory = Directory::load(&cfg.directory, &crate::unix::resolve_user)?;
     let staff_gid = crate::unix::resolve_group(&cfg.staff_group)
         .map_err(|e| anyhow::anyhow!("config {}: key `staff_group`: {e}", cfg.source.display()))?;
+    // A store error's text already names its cause, which it also keeps as its
+    // source: one message, so the cause is not printed twice.
     let store = crate::db::open(&cfg.database_url)
         .await
-        .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&cfg.database_url)))?;
+        .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", crate::config::redact_url(&cfg.database_url)))?;
     Ok(Service::new(cfg, store, directory, staff_gid)?)
 }
 

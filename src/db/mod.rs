@@ -8,8 +8,11 @@ use crate::domain::catalog::{CatalogFile, CatalogRow};
 use crate::domain::verify::{CaseFile, Report};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub mod conformance;
 pub mod sqlite;
 
+/// Why a store method failed. Whatever the variant, nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("case {0} already exists")]
@@ -22,24 +25,22 @@ pub enum StoreError {
         expected: CaseState,
         actual: CaseState,
     },
+    /// The case's head kept moving under a write, more often than a backend retries.
+    #[error("case {0} is being changed by someone else; try again")]
+    Busy(String),
     #[error("{0}")]
     Catalog(#[from] crate::domain::catalog::CatalogError),
     #[error("database: {0}")]
-    Db(String),
+    Db(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL names a backend this build does not have.
+    #[error("database: {0}")]
+    Unsupported(String),
+    #[error("database: stored catalog row is invalid: {0}")]
+    CatalogRow(#[source] crate::names::NameError),
     #[error("the stored case {0} cannot be read: {1}")]
     Corrupt(String, String),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Db(e.to_string())
-    }
 }
 
 /// What an import changed.
@@ -91,33 +92,75 @@ impl CaseRecord {
     }
 }
 
+/// The case register's storage. Every backend keeps this contract, whatever
+/// its number of connections, processes or hosts; `conformance` tests it.
+///
+/// **Serialised.** Two kinds of write are serialised per case:
+///
+/// * *Appends to a case's log.* Each append reads the case's head (record
+///   count `n` and last hash), then writes record `n + 1` chained to that hash
+///   and moves the head to it, in one transaction. The backend takes the
+///   case's write lock before it reads the head (SQLite: `BEGIN IMMEDIATE`;
+///   a server database: a row lock on the case), moves the head only if it
+///   still is the head it read (compare-and-set on count and hash), and the
+///   schema refuses a second record with the same `(case_ref, seq)`. A log
+///   therefore never forks and has no gaps, however many writers there are.
+///   Should the head move anyway, the append starts over on the new head a
+///   few times and then fails with [`StoreError::Busy`].
+/// * *State transitions.* A transition is a compare-and-set on the current
+///   state: it happens only if the case is still in the state the caller
+///   decided on, together with the record that says so.
+///
+/// Other writes (catalog imports, new cases) are single transactions; a case
+/// reference exists at most once (the schema's key, not a prior lookup).
+///
+/// **Ordering.** Records of a case are returned in sequence order (1, 2, …);
+/// case files in the order they were registered.
+///
+/// **Durability.** A write method returns `Ok` only after its transaction
+/// committed; what it returns is what was stored.
+///
+/// **Failure.** An `Err` means nothing of that call was written (its
+/// transaction was rolled back), and the store stays usable for the next call.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds and updates catalog files by `file_id` in one transaction. Refuses
-    /// the whole import when a row would change a file a live case holds, or
-    /// would give a path to two files.
+    /// the whole import ([`StoreError::Catalog`], nothing changed) when a row
+    /// would change a file a live case holds, or would give a path to two
+    /// files. Importing the same rows again changes nothing.
     async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError>;
-    /// Catalog files whose `file_id`, `path` or base name equals `descriptor`, at most `limit`.
+    /// Catalog files whose `file_id`, `path` or base name equals `descriptor`,
+    /// at most `limit`, ordered by `file_id`.
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    /// The number of files in the catalog.
     async fn catalog_size(&self) -> Result<u64, StoreError>;
 
-    /// Registers a case with its first log record.
+    /// Registers a case in state `open` with its files and its first log
+    /// record (seq 1), atomically; [`StoreError::Exists`] when the reference
+    /// is taken.
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// The case as last committed, or `None`.
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError>;
+    /// The case's files in registration order (empty for an unknown case).
     async fn case_files(&self, case_ref: &str) -> Result<Vec<CaseFile>, StoreError>;
+    /// Cases in the given state and/or department (all when `None`), oldest first.
     async fn list_cases(&self, state: Option<CaseState>, department: Option<&str>) -> Result<Vec<CaseRecord>, StoreError>;
-    /// Moves a case from `from` to `to` and appends `event`, atomically; fails
-    /// with `Conflict` when the case is no longer in `from`.
+    /// Moves a case from `from` to `to` and appends `event`, atomically.
+    /// Fails with [`StoreError::Conflict`] when the case is no longer in
+    /// `from` (of two concurrent transitions from one state exactly one
+    /// wins), and [`StoreError::NoCase`] when there is no such case.
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError>;
-    /// Appends a record without changing the state.
-    async fn append(&self, case_ref: &str, event: NewEvent) -> Result<EventRecord, StoreError>;
     /// Appends a record only while the case is in one of `states` (checked in
     /// the same transaction), so no access is ever recorded after a close.
+    /// Out of those states: [`StoreError::Conflict`] naming the first of them.
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// The case's records in sequence order (empty for an unknown case).
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError>;
-    /// The case's head (record count, last hash) and its records, read in one
-    /// snapshot so records appended meanwhile cannot look like tampering.
+    /// The case's head (record count, last hash) and its records in sequence
+    /// order, read in one snapshot so records appended meanwhile cannot look
+    /// like tampering; [`StoreError::NoCase`] when there is no such case.
     async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError>;
+    /// The number of cases in each state, for every state in [`CaseState::ALL`] order.
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
 }
 
@@ -126,7 +169,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
-        Err(StoreError::Db(format!(
+        Err(StoreError::Unsupported(format!(
             "{}: only SQLite is built into this version; PostgreSQL support is planned behind the same store interface",
             crate::config::redact_url(url)
         )))

@@ -1,5 +1,7 @@
-//! SQLite in WAL mode. All writes go through one connection, so transactions
-//! never contend; reads use a small pool of read-only connections.
+//! SQLite in WAL mode. Every write transaction begins with `BEGIN IMMEDIATE`:
+//! it holds the database's write lock before it reads anything, so it sees
+//! the last commit and no other write interleaves, however many connections
+//! write. Reads use a small pool of read-only connections.
 
 use super::{CaseRecord, ImportSummary, NewCase, Store, StoreError};
 use crate::audit::{self, EventRecord, GENESIS, NewEvent};
@@ -10,6 +12,7 @@ use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,6 +20,26 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows per multi-row INSERT (9 parameters each, well under SQLite's limit).
 const BATCH: usize = 1000;
+
+/// How often an append starts over when the case's head moved under it.
+/// Under `BEGIN IMMEDIATE` the head cannot move; the limit only bounds a
+/// writer that does not take the lock.
+const ATTEMPTS: usize = 5;
+
+/// How many connections a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// Writers queue for these in the pool and then for SQLite's write lock;
+    /// one is enough, as SQLite writes one transaction at a time anyway.
+    pub writers: u32,
+    pub readers: u32,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { writers: 1, readers: 4 }
+    }
+}
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -30,15 +53,43 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A unique-key violation, which some writes turn into a domain answer.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Ends a write transaction: commits it when `result` is `Ok`, rolls it back
+/// otherwise.
+async fn finish<T>(tx: Transaction<'_, Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back a write transaction failed");
+            }
+            Err(e)
+        }
+    }
+}
+
 impl SqliteStore {
+    /// Opens (creating and migrating) the database at `url` with the default connections.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        Self::open_with(url, Connections::default()).await
+    }
+
+    /// Opens (creating and migrating) the database at `url` with `connections`.
+    pub async fn open_with(url: &str, connections: Connections) -> Result<SqliteStore, StoreError> {
         let base = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
-            .max_connections(1)
+            .max_connections(connections.writers.max(1))
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -51,7 +102,7 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.readers.max(1))
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(base.read_only(true))
@@ -59,8 +110,14 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// A write transaction holding the database's write lock from its start.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The case's state and head (record count, last hash).
     async fn head(tx: &mut Transaction<'_, Sqlite>, case_ref: &str) -> Result<(CaseState, u64, String), StoreError> {
-        let row = sqlx::query("SELECT state, event_count, head_hash FROM cases WHERE ref = ?")
+        let row = sqlx::query("SELECT state, event_count, head_hash FROM cases WHERE ref = $1")
             .bind(case_ref)
             .fetch_optional(&mut **tx)
             .await?
@@ -70,6 +127,10 @@ impl SqliteStore {
         Ok((state, row.try_get::<i64, _>(1)? as u64, row.try_get(2)?))
     }
 
+    /// Chains `event` onto the head (`count`, `head`) read in this
+    /// transaction: moves the head if it still is that head, then writes the
+    /// record. [`StoreError::Busy`] when the head moved: the caller rolls back
+    /// and may start over.
     async fn push_event(
         tx: &mut Transaction<'_, Sqlite>,
         case_ref: &str,
@@ -77,9 +138,22 @@ impl SqliteStore {
         head: &str,
         event: NewEvent,
     ) -> Result<EventRecord, StoreError> {
+        let busy = || StoreError::Busy(case_ref.to_string());
         let rec = audit::chain(case_ref, count, head, event);
-        sqlx::query(
-            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        let moved = sqlx::query("UPDATE cases SET event_count = $1, head_hash = $2 WHERE ref = $3 AND event_count = $4 AND head_hash = $5")
+            .bind(rec.seq as i64)
+            .bind(&rec.hash)
+            .bind(case_ref)
+            .bind(count as i64)
+            .bind(head)
+            .execute(&mut **tx)
+            .await?;
+        if moved.rows_affected() != 1 {
+            return Err(busy());
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&rec.case_ref)
         .bind(rec.seq as i64)
@@ -91,19 +165,211 @@ impl SqliteStore {
         .bind(&rec.prev_hash)
         .bind(&rec.hash)
         .execute(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE cases SET event_count = ?, head_hash = ? WHERE ref = ?")
-            .bind(rec.seq as i64)
-            .bind(&rec.hash)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => Err(busy()),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(rec),
+        }
+    }
+
+    /// One attempt at a transition, inside `tx`.
+    async fn try_transition(
+        tx: &mut Transaction<'_, Sqlite>,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let (state, count, head) = Self::head(tx, case_ref).await?;
+        if state != from {
+            return Err(StoreError::Conflict {
+                case_ref: case_ref.to_string(),
+                expected: from,
+                actual: state,
+            });
+        }
+        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
+            .bind(to.as_str())
+            .bind(unix_now())
             .bind(case_ref)
+            .bind(from.as_str())
             .execute(&mut **tx)
             .await?;
-        Ok(rec)
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Busy(case_ref.to_string()));
+        }
+        Self::push_event(tx, case_ref, count, &head, event).await
+    }
+
+    /// One attempt at an append while the case is in one of `states`, inside `tx`.
+    async fn try_append_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        case_ref: &str,
+        states: &[CaseState],
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let (state, count, head) = Self::head(tx, case_ref).await?;
+        if !states.contains(&state) {
+            return Err(StoreError::Conflict {
+                case_ref: case_ref.to_string(),
+                expected: states.first().copied().unwrap_or(state),
+                actual: state,
+            });
+        }
+        Self::push_event(tx, case_ref, count, &head, event).await
+    }
+
+    async fn try_create_case(tx: &mut Transaction<'_, Sqlite>, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let inserted = sqlx::query(
+            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
+             VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+        )
+        .bind(&case.case_ref)
+        .bind(&case.requester)
+        .bind(&case.department)
+        .bind(&case.submitter)
+        .bind(case.report.verified() as i64)
+        .bind(report)
+        .bind(audit::now_rfc3339())
+        .bind(unix_now())
+        .bind(GENESIS)
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Exists(case.case_ref)),
+            other => other?,
+        };
+        for (i, f) in case.files.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO case_files (case_ref, idx, descriptor, export_name, file_id, path, department, size, sha256, submitted_ns, extra) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&case.case_ref)
+            .bind(i as i64)
+            .bind(&f.descriptor)
+            .bind(&f.export_name)
+            .bind(f.file.file_id.as_str())
+            .bind(f.file.path.as_str())
+            .bind(f.file.department.as_str())
+            .bind(f.file.size as i64)
+            .bind(&f.file.sha256)
+            .bind(f.file.submitted_ns)
+            .bind(&f.file.extra)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Self::push_event(tx, &case.case_ref, 0, GENESIS, event).await
+    }
+
+    async fn try_import(tx: &mut Transaction<'_, Sqlite>, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
+             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM import_rows").execute(&mut **tx).await?;
+        let full_sql = insert_sql(BATCH);
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<CatalogRow> = rows.by_ref().take(BATCH).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let sql = if chunk.len() == BATCH {
+                full_sql.clone()
+            } else {
+                insert_sql(chunk.len())
+            };
+            let mut q = sqlx::query(&sql);
+            // Owned values: sqlx moves them to its worker instead of copying each one.
+            for r in chunk {
+                let f = r.file;
+                let base_name = f.path.base_name().to_string();
+                q = q
+                    .bind(r.line as i64)
+                    .bind(String::from(f.file_id))
+                    .bind(String::from(f.path))
+                    .bind(base_name)
+                    .bind(String::from(f.department))
+                    .bind(f.size as i64)
+                    .bind(f.sha256)
+                    .bind(f.submitted_ns)
+                    .bind(f.extra);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        const CHANGED: &str = "(k.path <> i.path OR k.department <> i.department OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)";
+        let mut errors = RowErrors::default();
+        let held = sqlx::query(&format!(
+            "SELECT i.line, i.file_id, MIN(c.ref) FROM import_rows i JOIN catalog k ON k.file_id = i.file_id \
+             JOIN case_files cf ON cf.file_id = i.file_id JOIN cases c ON c.ref = cf.case_ref \
+             WHERE c.state IN {LIVE} AND {CHANGED} GROUP BY i.line, i.file_id ORDER BY i.line"
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &held {
+            let line: i64 = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            let case_ref: String = row.try_get(2)?;
+            errors.push(
+                line as usize,
+                format!("file {id} is held by case {case_ref}; its path, department, size, sha256 and submitted_at cannot change until that case ends"),
+            );
+        }
+        let counts = sqlx::query(&format!(
+            "SELECT COUNT(*), SUM(k.file_id IS NULL), SUM(k.file_id IS NOT NULL AND ({CHANGED} OR k.extra <> i.extra)) \
+             FROM import_rows i LEFT JOIN catalog k ON k.file_id = i.file_id"
+        ))
+        .fetch_one(&mut **tx)
+        .await?;
+        let total = counts.try_get::<i64, _>(0)? as u64;
+        let added = counts.try_get::<Option<i64>, _>(1)?.unwrap_or(0) as u64;
+        let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
+        let now = audit::now_rfc3339();
+        sqlx::query(
+            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
+             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, $1 FROM import_rows WHERE true \
+             ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, base_name = excluded.base_name, department = excluded.department, \
+             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, imported_at = excluded.imported_at \
+             WHERE catalog.path <> excluded.path OR catalog.department <> excluded.department OR catalog.size <> excluded.size \
+             OR catalog.sha256 <> excluded.sha256 OR catalog.submitted_ns <> excluded.submitted_ns OR catalog.extra <> excluded.extra",
+        )
+        .bind(&now)
+        .execute(&mut **tx)
+        .await?;
+        let clashes = sqlx::query(
+            "SELECT i.line, i.path, k.file_id FROM import_rows i JOIN catalog k ON k.path = i.path AND k.file_id <> i.file_id ORDER BY i.line",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &clashes {
+            let line: i64 = row.try_get(0)?;
+            let path: String = row.try_get(1)?;
+            let other: String = row.try_get(2)?;
+            errors.push(line as usize, format!("path {path:?} is already the path of file {other}"));
+        }
+        sqlx::query("DELETE FROM import_rows").execute(&mut **tx).await?;
+        if !errors.is_empty() {
+            return errors.into_result(ImportSummary::default()).map_err(StoreError::from);
+        }
+        let catalog_files = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
+            .fetch_one(&mut **tx)
+            .await? as u64;
+        Ok(ImportSummary {
+            rows: total,
+            added,
+            updated,
+            unchanged: total - added - updated,
+            catalog_files,
+        })
     }
 }
 
 fn catalog_file(row: &SqliteRow) -> Result<CatalogFile, StoreError> {
-    let bad = |e: crate::names::NameError| StoreError::Db(format!("stored catalog row is invalid: {e}"));
+    let bad = StoreError::CatalogRow;
     Ok(CatalogFile {
         file_id: FileId::parse(row.try_get("file_id")?).map_err(bad)?,
         path: CatalogPath::parse(row.try_get("path")?).map_err(bad)?,
@@ -160,120 +426,20 @@ const LIVE: &str = "('open','approved','blocked','exported','received')";
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
-             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM import_rows").execute(&mut *tx).await?;
-        let full_sql = insert_sql(BATCH);
-        let mut rows = rows.into_iter();
-        loop {
-            let chunk: Vec<CatalogRow> = rows.by_ref().take(BATCH).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let sql = if chunk.len() == BATCH {
-                full_sql.clone()
-            } else {
-                insert_sql(chunk.len())
-            };
-            let mut q = sqlx::query(&sql);
-            // Owned values: sqlx moves them to its worker instead of copying each one.
-            for r in chunk {
-                let f = r.file;
-                let base_name = f.path.base_name().to_string();
-                q = q
-                    .bind(r.line as i64)
-                    .bind(String::from(f.file_id))
-                    .bind(String::from(f.path))
-                    .bind(base_name)
-                    .bind(String::from(f.department))
-                    .bind(f.size as i64)
-                    .bind(f.sha256)
-                    .bind(f.submitted_ns)
-                    .bind(f.extra);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        const CHANGED: &str = "(k.path <> i.path OR k.department <> i.department OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)";
-        let mut errors = RowErrors::default();
-        let held = sqlx::query(&format!(
-            "SELECT i.line, i.file_id, MIN(c.ref) FROM import_rows i JOIN catalog k ON k.file_id = i.file_id \
-             JOIN case_files cf ON cf.file_id = i.file_id JOIN cases c ON c.ref = cf.case_ref \
-             WHERE c.state IN {LIVE} AND {CHANGED} GROUP BY i.line, i.file_id ORDER BY i.line"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &held {
-            let line: i64 = row.try_get(0)?;
-            let id: String = row.try_get(1)?;
-            let case_ref: String = row.try_get(2)?;
-            errors.push(
-                line as usize,
-                format!("file {id} is held by case {case_ref}; its path, department, size, sha256 and submitted_at cannot change until that case ends"),
-            );
-        }
-        let counts = sqlx::query(&format!(
-            "SELECT COUNT(*), SUM(k.file_id IS NULL), SUM(k.file_id IS NOT NULL AND ({CHANGED} OR k.extra <> i.extra)) \
-             FROM import_rows i LEFT JOIN catalog k ON k.file_id = i.file_id"
-        ))
-        .fetch_one(&mut *tx)
-        .await?;
-        let total = counts.try_get::<i64, _>(0)? as u64;
-        let added = counts.try_get::<Option<i64>, _>(1)?.unwrap_or(0) as u64;
-        let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
-        let now = audit::now_rfc3339();
-        sqlx::query(
-            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
-             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, ? FROM import_rows WHERE true \
-             ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, base_name = excluded.base_name, department = excluded.department, \
-             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, imported_at = excluded.imported_at \
-             WHERE catalog.path <> excluded.path OR catalog.department <> excluded.department OR catalog.size <> excluded.size \
-             OR catalog.sha256 <> excluded.sha256 OR catalog.submitted_ns <> excluded.submitted_ns OR catalog.extra <> excluded.extra",
-        )
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        let clashes = sqlx::query(
-            "SELECT i.line, i.path, k.file_id FROM import_rows i JOIN catalog k ON k.path = i.path AND k.file_id <> i.file_id ORDER BY i.line",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &clashes {
-            let line: i64 = row.try_get(0)?;
-            let path: String = row.try_get(1)?;
-            let other: String = row.try_get(2)?;
-            errors.push(line as usize, format!("path {path:?} is already the path of file {other}"));
-        }
-        sqlx::query("DELETE FROM import_rows").execute(&mut *tx).await?;
-        if !errors.is_empty() {
-            tx.rollback().await?;
-            return errors.into_result(ImportSummary::default()).map_err(StoreError::from);
-        }
-        let catalog_files = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
-            .fetch_one(&mut *tx)
-            .await? as u64;
-        tx.commit().await?;
+        let mut tx = self.begin_write().await?;
+        let result = Self::try_import(&mut tx, rows).await;
+        let summary = finish(tx, result).await?;
         // A large import leaves a write-ahead log as large as the database: give the space back.
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
             tracing::debug!(error = %e, "WAL checkpoint after import failed");
         }
-        Ok(ImportSummary {
-            rows: total,
-            added,
-            updated,
-            unchanged: total - added - updated,
-            catalog_files,
-        })
+        Ok(summary)
     }
 
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError> {
         let rows = sqlx::query(
             "SELECT file_id, path, department, size, sha256, submitted_ns, extra FROM catalog \
-             WHERE file_id = ?1 OR path = ?1 OR base_name = ?1 ORDER BY file_id LIMIT ?2",
+             WHERE file_id = $1 OR path = $1 OR base_name = $1 ORDER BY file_id LIMIT $2",
         )
         .bind(descriptor)
         .bind(limit as i64)
@@ -289,56 +455,13 @@ impl Store for SqliteStore {
     }
 
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM cases WHERE ref = ?")
-            .bind(&case.case_ref)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::Exists(case.case_ref));
-        }
-        let report = serde_json::to_string(&case.report).map_err(|e| StoreError::Db(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
-             VALUES (?, 'open', ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-        )
-        .bind(&case.case_ref)
-        .bind(&case.requester)
-        .bind(&case.department)
-        .bind(&case.submitter)
-        .bind(case.report.verified() as i64)
-        .bind(report)
-        .bind(audit::now_rfc3339())
-        .bind(unix_now())
-        .bind(GENESIS)
-        .execute(&mut *tx)
-        .await?;
-        for (i, f) in case.files.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO case_files (case_ref, idx, descriptor, export_name, file_id, path, department, size, sha256, submitted_ns, extra) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&case.case_ref)
-            .bind(i as i64)
-            .bind(&f.descriptor)
-            .bind(&f.export_name)
-            .bind(f.file.file_id.as_str())
-            .bind(f.file.path.as_str())
-            .bind(f.file.department.as_str())
-            .bind(f.file.size as i64)
-            .bind(&f.file.sha256)
-            .bind(f.file.submitted_ns)
-            .bind(&f.file.extra)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let rec = Self::push_event(&mut tx, &case.case_ref, 0, GENESIS, event).await?;
-        tx.commit().await?;
-        Ok(rec)
+        let mut tx = self.begin_write().await?;
+        let result = Self::try_create_case(&mut tx, case, event).await;
+        finish(tx, result).await
     }
 
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM cases WHERE ref = ?")
+        let row = sqlx::query("SELECT * FROM cases WHERE ref = $1")
             .bind(case_ref)
             .fetch_optional(&self.reader)
             .await?;
@@ -346,7 +469,7 @@ impl Store for SqliteStore {
     }
 
     async fn case_files(&self, case_ref: &str) -> Result<Vec<CaseFile>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM case_files WHERE case_ref = ? ORDER BY idx")
+        let rows = sqlx::query("SELECT * FROM case_files WHERE case_ref = $1 ORDER BY idx")
             .bind(case_ref)
             .fetch_all(&self.reader)
             .await?;
@@ -363,7 +486,7 @@ impl Store for SqliteStore {
 
     async fn list_cases(&self, state: Option<CaseState>, department: Option<&str>) -> Result<Vec<CaseRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM cases WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR department = ?2) ORDER BY created_at, ref",
+            "SELECT * FROM cases WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR department = $2) ORDER BY created_at, ref",
         )
         .bind(state.map(|s| s.as_str()))
         .bind(department)
@@ -373,51 +496,31 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let (state, count, head) = Self::head(&mut tx, case_ref).await?;
-        if state != from {
-            return Err(StoreError::Conflict {
-                case_ref: case_ref.to_string(),
-                expected: from,
-                actual: state,
-            });
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_transition(&mut tx, case_ref, from, to, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => return done,
+            }
         }
-        sqlx::query("UPDATE cases SET state = ?, state_since = ? WHERE ref = ?")
-            .bind(to.as_str())
-            .bind(unix_now())
-            .bind(case_ref)
-            .execute(&mut *tx)
-            .await?;
-        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
-        tx.commit().await?;
-        Ok(rec)
-    }
-
-    async fn append(&self, case_ref: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let (_, count, head) = Self::head(&mut tx, case_ref).await?;
-        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
-        tx.commit().await?;
-        Ok(rec)
     }
 
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let (state, count, head) = Self::head(&mut tx, case_ref).await?;
-        if !states.contains(&state) {
-            return Err(StoreError::Conflict {
-                case_ref: case_ref.to_string(),
-                expected: states.first().copied().unwrap_or(state),
-                actual: state,
-            });
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_append_in(&mut tx, case_ref, states, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => return done,
+            }
         }
-        let rec = Self::push_event(&mut tx, case_ref, count, &head, event).await?;
-        tx.commit().await?;
-        Ok(rec)
     }
 
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = ? ORDER BY rowid")
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 ORDER BY seq")
             .bind(case_ref)
             .fetch_all(&self.reader)
             .await?;
@@ -426,12 +529,12 @@ impl Store for SqliteStore {
 
     async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
         let mut tx = self.reader.begin().await?;
-        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = ?")
+        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = $1")
             .bind(case_ref)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
-        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = ? ORDER BY rowid")
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 ORDER BY seq")
             .bind(case_ref)
             .fetch_all(&mut *tx)
             .await?;
@@ -462,7 +565,20 @@ fn insert_sql(n: usize) -> String {
         if i > 0 {
             s.push(',');
         }
-        s.push_str("(?,?,?,?,?,?,?,?,?)");
+        let p = 9 * i;
+        let _ = write!(
+            s,
+            "(${},${},${},${},${},${},${},${},${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9
+        );
     }
     s
 }
@@ -537,25 +653,83 @@ mod tests {
         }
     }
 
-    #[test]
-    fn import_is_all_or_nothing_and_idempotent() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let rt = runtime();
-        let store = rt
-            .block_on(SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let first = vec![row(2, "F1", "a/x.fq"), row(3, "F2", "b/x.fq")];
-        let s = rt.block_on(store.import_catalog(first.clone())).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated, s.unchanged), (2, 0, 0));
-        let s = rt.block_on(store.import_catalog(first)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated, s.unchanged), (0, 0, 2));
-        // A new file on F1's path: refused whole, F3 is not added.
-        let clash = vec![row(2, "F3", "c/y.fq"), row(3, "F4", "a/x.fq")];
-        assert!(matches!(rt.block_on(store.import_catalog(clash)), Err(StoreError::Catalog(_))));
-        assert_eq!(rt.block_on(store.catalog_size()).ok(), Some(2));
-        // Moving F1 and giving its old path to a new file in the same import is fine.
-        let moved = vec![row(2, "F1", "a/z.fq"), row(3, "F4", "a/x.fq")];
-        let s = rt.block_on(store.import_catalog(moved)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((s.added, s.updated), (1, 1));
+    /// Behind the write lock, an append still refuses a head that is not the
+    /// current one, and a second record with a taken sequence number.
+    #[tokio::test]
+    async fn an_append_on_a_stale_head_writes_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())).await?;
+        let ev = |name: &str| NewEvent {
+            actor: "alice".into(),
+            uid: 1000,
+            event: name.into(),
+            details: serde_json::json!({}),
+        };
+        let case = NewCase {
+            case_ref: "C-1".into(),
+            requester: "alice".into(),
+            department: None,
+            submitter: None,
+            report: crate::domain::verify::Report {
+                department: None,
+                problems: Vec::new(),
+                lines: Vec::new(),
+            },
+            files: Vec::new(),
+        };
+        let first = store.create_case(case, ev("opened")).await?;
+
+        // The head moved on (as if another writer had appended): record 2
+        // on the old head would not collide, the compare-and-set refuses it.
+        let mut tx = store.begin_write().await?;
+        sqlx::query("UPDATE cases SET event_count = 2, head_hash = 'moved' WHERE ref = 'C-1'")
+            .execute(&mut *tx)
+            .await?;
+        let stale = SqliteStore::push_event(&mut tx, "C-1", 1, &first.hash, ev("forked")).await;
+        anyhow::ensure!(matches!(stale, Err(StoreError::Busy(_))), "stale head: {stale:?}");
+        tx.rollback().await?;
+
+        // A head set back by hand: the schema's key still refuses record 1 twice.
+        let mut tx = store.begin_write().await?;
+        sqlx::query("UPDATE cases SET event_count = 0, head_hash = $1 WHERE ref = 'C-1'")
+            .bind(GENESIS)
+            .execute(&mut *tx)
+            .await?;
+        let taken = SqliteStore::push_event(&mut tx, "C-1", 0, GENESIS, ev("forked")).await;
+        anyhow::ensure!(matches!(taken, Err(StoreError::Busy(_))), "taken seq: {taken:?}");
+        tx.rollback().await?;
+
+        anyhow::ensure!(store.events("C-1").await? == vec![first], "a refused append wrote a record");
+        Ok(())
+    }
+
+    /// The store contract on the default store: one writer connection.
+    mod conformance_one_writer {
+        use super::*;
+        use std::sync::Arc;
+
+        async fn open() -> anyhow::Result<(tempfile::TempDir, Arc<dyn Store>)> {
+            let dir = tempfile::tempdir()?;
+            let store = SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())).await?;
+            Ok((dir, Arc::new(store)))
+        }
+
+        crate::db::conformance::conformance_tests!(open);
+    }
+
+    /// The store contract with several writer connections: what is serialised
+    /// must not rest on there being only one.
+    mod conformance_four_writers {
+        use super::*;
+        use std::sync::Arc;
+
+        async fn open() -> anyhow::Result<(tempfile::TempDir, Arc<dyn Store>)> {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}/t.db", dir.path().display());
+            let store = SqliteStore::open_with(&url, Connections { writers: 4, readers: 4 }).await?;
+            Ok((dir, Arc::new(store)))
+        }
+
+        crate::db::conformance::conformance_tests!(open);
     }
 }

@@ -19,10 +19,14 @@ pub(super) fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
         match e {
-            StoreError::Exists(_) | StoreError::Conflict { .. } => refuse(RefusalKind::State, e.to_string()),
+            StoreError::Exists(_) | StoreError::Conflict { .. } | StoreError::Busy(_) => refuse(RefusalKind::State, e.to_string()),
             StoreError::NoCase(_) => refuse(RefusalKind::NotFound, e.to_string()),
             StoreError::Catalog(_) => refuse(RefusalKind::Invalid, e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt(..) => {
+            StoreError::Db(_)
+            | StoreError::Migrate(_)
+            | StoreError::Unsupported(_)
+            | StoreError::CatalogRow(_)
+            | StoreError::Corrupt(..) => {
                 error!(error = %e, "store failure");
                 refuse(RefusalKind::Internal, e.to_string())
             }

@@ -1,0 +1,592 @@
+//! The [`Store`] contract as tests every backend must pass. Each check takes
+//! a fresh, empty store; [`conformance_tests!`] turns the whole list into one
+//! `#[tokio::test]` per check for a backend's opener:
+//!
+//! ```ignore
+//! async fn open() -> anyhow::Result<(Guard, Arc<dyn Store>)> { … }
+//! crate::db::conformance::conformance_tests!(open);
+//! ```
+//!
+//! A new check is an `async fn(Arc<dyn Store>) -> anyhow::Result<()>` here,
+//! named in the macro's list.
+
+use super::{NewCase, Store, StoreError};
+use crate::audit::{self, EventRecord, GENESIS, NewEvent};
+use crate::domain::case::CaseState;
+use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::verify::{CaseFile, Outcome, Report, ReportLine};
+use crate::names::{CatalogPath, DirId, FileId};
+use anyhow::{Context, bail, ensure};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// One `#[tokio::test]` per check, each on a store from `$open`, an async fn
+/// returning `anyhow::Result<(guard, Arc<dyn Store>)>` whose guard keeps the
+/// store's database alive for the test.
+macro_rules! conformance_tests {
+    ($open:path) => {
+        $crate::db::conformance::conformance_tests!(@each $open;
+            import_adds_updates_and_keeps,
+            import_refuses_a_path_shared_by_two_files,
+            import_refuses_changing_a_file_a_live_case_holds,
+            resolve_matches_file_id_path_and_base_name,
+            catalog_size_counts_files,
+            create_case_registers_and_refuses_a_taken_ref,
+            list_cases_filters_by_state_and_department,
+            transition_is_compare_and_set_on_the_state,
+            append_in_only_in_the_given_states,
+            events_come_in_sequence_order,
+            log_snapshot_matches_its_records,
+            count_by_state_covers_every_state,
+            concurrent_appends_to_one_case_form_one_chain,
+            concurrent_transitions_from_one_state_have_one_winner
+        );
+    };
+    (@each $open:path; $($check:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() -> anyhow::Result<()> {
+                let (_guard, store) = $open().await?;
+                $crate::db::conformance::$check(store).await
+            }
+        )*
+    };
+}
+pub(crate) use conformance_tests;
+
+const DEPT: &str = "RH-KGA";
+const OTHER_DEPT: &str = "HGH-GEN";
+
+fn file(id: &str, path: &str, size: u64) -> anyhow::Result<CatalogFile> {
+    Ok(CatalogFile {
+        file_id: FileId::parse(id)?,
+        path: CatalogPath::parse(path)?,
+        department: DirId::parse(DEPT)?,
+        size,
+        sha256: "a".repeat(64),
+        submitted_ns: 1_700_000_000_000_000_000,
+        extra: String::new(),
+    })
+}
+
+fn rows(files: &[CatalogFile]) -> Vec<CatalogRow> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| CatalogRow {
+            line: i + 2,
+            file: f.clone(),
+        })
+        .collect()
+}
+
+fn new_case(case_ref: &str, department: &str, files: &[CatalogFile]) -> anyhow::Result<NewCase> {
+    let files: Vec<CaseFile> = files
+        .iter()
+        .map(|f| CaseFile {
+            descriptor: f.file_id.to_string(),
+            export_name: f.path.base_name().to_string(),
+            file: f.clone(),
+        })
+        .collect();
+    let lines = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| ReportLine {
+            line: i + 1,
+            descriptor: f.descriptor.clone(),
+            outcome: Outcome::Resolved {
+                file_id: f.file.file_id.clone(),
+                path: f.file.path.to_string(),
+                export_name: f.export_name.clone(),
+            },
+        })
+        .collect();
+    Ok(NewCase {
+        case_ref: case_ref.to_string(),
+        requester: "alice".into(),
+        department: Some(department.to_string()),
+        submitter: None,
+        report: Report {
+            department: Some(DirId::parse(department)?),
+            problems: Vec::new(),
+            lines,
+        },
+        files,
+    })
+}
+
+fn event(name: &str, n: u64) -> NewEvent {
+    NewEvent {
+        actor: "alice".into(),
+        uid: 1000,
+        event: name.into(),
+        details: serde_json::json!({ "n": n }),
+    }
+}
+
+/// Opens a case holding no files.
+async fn open_case(store: &Arc<dyn Store>, case_ref: &str, department: &str) -> anyhow::Result<EventRecord> {
+    Ok(store.create_case(new_case(case_ref, department, &[])?, event("opened", 0)).await?)
+}
+
+fn ids(files: &[CatalogFile]) -> Vec<String> {
+    files.iter().map(|f| f.file_id.to_string()).collect()
+}
+
+fn refs(cases: &[super::CaseRecord]) -> Vec<&str> {
+    cases.iter().map(|c| c.case_ref.as_str()).collect()
+}
+
+fn expect_conflict<T: std::fmt::Debug>(
+    r: Result<T, StoreError>,
+    case_ref: &str,
+    expected: CaseState,
+    actual: CaseState,
+) -> anyhow::Result<()> {
+    match r {
+        Err(StoreError::Conflict {
+            case_ref: c,
+            expected: e,
+            actual: a,
+        }) if c == case_ref && e == expected && a == actual => Ok(()),
+        other => bail!("expected Conflict({case_ref}: {actual}, not {expected}), got {other:?}"),
+    }
+}
+
+/// The head and records of a case, checked against each other and the chain rules.
+async fn verified_log(store: &Arc<dyn Store>, case_ref: &str) -> anyhow::Result<Vec<EventRecord>> {
+    let (count, head, records) = store.log_snapshot(case_ref).await?;
+    ensure!(count == records.len() as u64, "head says {count} records, {} stored", records.len());
+    audit::verify_chain(case_ref, &records, Some((count, &head)))?;
+    Ok(records)
+}
+
+pub async fn import_adds_updates_and_keeps(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let first = vec![file("F1", "a/x.fq", 10)?, file("F2", "b/x.fq", 20)?];
+    let s = store.import_catalog(rows(&first)).await?;
+    ensure!(
+        (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (2, 2, 0, 0, 2),
+        "first import: {s:?}"
+    );
+    let s = store.import_catalog(rows(&first)).await?;
+    ensure!(
+        (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (2, 0, 0, 2, 2),
+        "same import again: {s:?}"
+    );
+
+    let mut second = first.clone();
+    second[0].size = 11;
+    second[1].extra = r#"{"run":"7"}"#.into();
+    second.push(file("F3", "c/y.fq", 30)?);
+    let s = store.import_catalog(rows(&second)).await?;
+    ensure!(
+        (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (3, 1, 2, 0, 3),
+        "changed import: {s:?}"
+    );
+    ensure!(store.resolve("F1", 10).await? == vec![second[0].clone()], "F1 was not updated");
+    ensure!(
+        store.resolve("F2", 10).await? == vec![second[1].clone()],
+        "F2's extra was not updated"
+    );
+
+    // Files missing from an import stay.
+    let s = store.import_catalog(rows(&second[..1])).await?;
+    ensure!((s.rows, s.unchanged, s.catalog_files) == (1, 1, 3), "partial import: {s:?}");
+    Ok(())
+}
+
+pub async fn import_refuses_a_path_shared_by_two_files(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    store
+        .import_catalog(rows(&[file("F1", "a/x.fq", 1)?, file("F2", "b/x.fq", 2)?]))
+        .await?;
+
+    // A new file on F1's path: refused whole, F3 is not added either.
+    let clash = store
+        .import_catalog(rows(&[file("F3", "c/y.fq", 3)?, file("F4", "a/x.fq", 4)?]))
+        .await;
+    ensure!(
+        matches!(clash, Err(StoreError::Catalog(_))),
+        "a path given to a second file: {clash:?}"
+    );
+    ensure!(store.catalog_size().await? == 2, "a refused import added files");
+    ensure!(store.resolve("F3", 10).await?.is_empty(), "a refused import added F3");
+
+    // Two new files with one path in the same import.
+    let twins = store
+        .import_catalog(rows(&[file("F5", "d/z.fq", 5)?, file("F6", "d/z.fq", 6)?]))
+        .await;
+    ensure!(
+        matches!(twins, Err(StoreError::Catalog(_))),
+        "one path for two new files: {twins:?}"
+    );
+    ensure!(store.catalog_size().await? == 2, "a refused import added files");
+
+    // Moving F1 and giving its old path to a new file in the same import is fine.
+    let s = store
+        .import_catalog(rows(&[file("F1", "a/z.fq", 1)?, file("F4", "a/x.fq", 4)?]))
+        .await?;
+    ensure!((s.added, s.updated, s.catalog_files) == (1, 1, 3), "move and reuse: {s:?}");
+    ensure!(ids(&store.resolve("a/x.fq", 10).await?) == ["F4"], "a/x.fq is not F4's");
+    Ok(())
+}
+
+pub async fn import_refuses_changing_a_file_a_live_case_holds(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let f1 = file("F1", "a/x.fq", 10)?;
+    store.import_catalog(rows(std::slice::from_ref(&f1))).await?;
+    store
+        .create_case(new_case("C-1", DEPT, std::slice::from_ref(&f1))?, event("opened", 0))
+        .await?;
+
+    let mut resized = f1.clone();
+    resized.size = 11;
+    let r = store.import_catalog(rows(&[file("F2", "b/y.fq", 1)?, resized.clone()])).await;
+    ensure!(matches!(r, Err(StoreError::Catalog(_))), "changed a held file: {r:?}");
+    ensure!(store.resolve("F1", 10).await? == vec![f1.clone()], "a refused import changed F1");
+    ensure!(store.catalog_size().await? == 1, "a refused import added F2");
+
+    // What the case does not depend on may change.
+    let mut annotated = f1.clone();
+    annotated.extra = r#"{"note":"x"}"#.into();
+    let s = store.import_catalog(rows(std::slice::from_ref(&annotated))).await?;
+    ensure!(s.updated == 1, "extra of a held file: {s:?}");
+
+    // Once the case has ended, the file may change.
+    store
+        .transition("C-1", CaseState::Open, CaseState::Rejected, event("rejected", 1))
+        .await?;
+    let s = store.import_catalog(rows(std::slice::from_ref(&resized))).await?;
+    ensure!(s.updated == 1, "a file of an ended case: {s:?}");
+    ensure!(store.resolve("F1", 10).await?[0].size == 11, "F1 was not resized");
+    Ok(())
+}
+
+pub async fn resolve_matches_file_id_path_and_base_name(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let files = [file("F2", "b/x.fq", 2)?, file("F1", "a/x.fq", 1)?, file("F3", "b/y.fq", 3)?];
+    store.import_catalog(rows(&files)).await?;
+    ensure!(store.resolve("F1", 10).await? == vec![files[1].clone()], "by file_id");
+    ensure!(ids(&store.resolve("b/y.fq", 10).await?) == ["F3"], "by path");
+    ensure!(
+        ids(&store.resolve("x.fq", 10).await?) == ["F1", "F2"],
+        "by base name, in file_id order"
+    );
+    ensure!(ids(&store.resolve("x.fq", 1).await?) == ["F1"], "limit");
+    ensure!(store.resolve("b", 10).await?.is_empty(), "a directory is no descriptor");
+    ensure!(store.resolve("F9", 10).await?.is_empty(), "unknown");
+    Ok(())
+}
+
+pub async fn catalog_size_counts_files(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    ensure!(store.catalog_size().await? == 0, "a new store has files");
+    store
+        .import_catalog(rows(&[file("F1", "a/x.fq", 1)?, file("F2", "a/y.fq", 2)?]))
+        .await?;
+    store
+        .import_catalog(rows(&[file("F2", "a/y.fq", 3)?, file("F3", "a/z.fq", 3)?]))
+        .await?;
+    ensure!(store.catalog_size().await? == 3, "three files imported");
+    Ok(())
+}
+
+pub async fn create_case_registers_and_refuses_a_taken_ref(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let files = [file("F2", "b/x.fq", 2)?, file("F1", "a/x.fq", 1)?];
+    store.import_catalog(rows(&files)).await?;
+    let case = new_case("C-1", DEPT, &files)?;
+    let rec = store.create_case(case.clone(), event("opened", 0)).await?;
+    ensure!(
+        rec.seq == 1 && rec.prev_hash == GENESIS && rec.case_ref == "C-1",
+        "first record: {rec:?}"
+    );
+    ensure!(
+        rec.event == "opened" && rec.actor == "alice" && rec.uid == 1000,
+        "first record: {rec:?}"
+    );
+
+    let stored = store.case("C-1").await?.context("C-1 was not stored")?;
+    ensure!(stored.state == CaseState::Open, "state {}", stored.state);
+    ensure!(
+        (stored.event_count, stored.head_hash.as_str()) == (1, rec.hash.as_str()),
+        "head: {stored:?}"
+    );
+    ensure!(stored.requester == "alice" && stored.department.as_deref() == Some(DEPT) && stored.submitter.is_none());
+    ensure!(stored.verified && stored.report == case.report, "report: {stored:?}");
+    ensure!(store.case_files("C-1").await? == case.files, "files, in registration order");
+    ensure!(store.events("C-1").await? == vec![rec.clone()], "log");
+
+    // A taken reference is refused and nothing of the second case is written.
+    let again = store
+        .create_case(new_case("C-1", OTHER_DEPT, &files[..1])?, event("opened-again", 0))
+        .await;
+    ensure!(
+        matches!(&again, Err(StoreError::Exists(r)) if r == "C-1"),
+        "taken reference: {again:?}"
+    );
+    ensure!(store.case("C-1").await? == Some(stored), "the refused case changed C-1");
+    ensure!(store.case_files("C-1").await? == case.files, "the refused case changed C-1's files");
+    ensure!(store.events("C-1").await? == vec![rec], "the refused case wrote a record");
+
+    // The store goes on.
+    open_case(&store, "C-2", DEPT).await?;
+    ensure!(store.case("C-3").await?.is_none(), "unknown case");
+    ensure!(store.case_files("C-3").await?.is_empty(), "files of an unknown case");
+    Ok(())
+}
+
+pub async fn list_cases_filters_by_state_and_department(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    open_case(&store, "C-A", DEPT).await?;
+    open_case(&store, "C-B", OTHER_DEPT).await?;
+    open_case(&store, "C-C", DEPT).await?;
+    store
+        .transition("C-C", CaseState::Open, CaseState::Approved, event("approved", 1))
+        .await?;
+
+    ensure!(refs(&store.list_cases(None, None).await?) == ["C-A", "C-B", "C-C"], "all");
+    ensure!(
+        refs(&store.list_cases(Some(CaseState::Open), None).await?) == ["C-A", "C-B"],
+        "open"
+    );
+    ensure!(refs(&store.list_cases(None, Some(DEPT)).await?) == ["C-A", "C-C"], "department");
+    ensure!(
+        refs(&store.list_cases(Some(CaseState::Approved), Some(DEPT)).await?) == ["C-C"],
+        "both"
+    );
+    ensure!(
+        store.list_cases(Some(CaseState::Approved), Some(OTHER_DEPT)).await?.is_empty(),
+        "none"
+    );
+    ensure!(store.list_cases(Some(CaseState::Closed), None).await?.is_empty(), "no closed case");
+    let listed = store.list_cases(Some(CaseState::Approved), None).await?;
+    ensure!(
+        Some(&listed[0]) == store.case("C-C").await?.as_ref(),
+        "a listed case is the stored case"
+    );
+    Ok(())
+}
+
+pub async fn transition_is_compare_and_set_on_the_state(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let first = open_case(&store, "C-1", DEPT).await?;
+    let rec = store
+        .transition("C-1", CaseState::Open, CaseState::Approved, event("approved", 1))
+        .await?;
+    ensure!(
+        rec.seq == 2 && rec.prev_hash == first.hash && rec.event == "approved",
+        "record: {rec:?}"
+    );
+    let case = store.case("C-1").await?.context("C-1 is gone")?;
+    ensure!(case.state == CaseState::Approved, "state {}", case.state);
+    ensure!(
+        (case.event_count, case.head_hash.as_str()) == (2, rec.hash.as_str()),
+        "head: {case:?}"
+    );
+
+    // From a state the case is no longer in: refused, nothing written.
+    let stale = store
+        .transition("C-1", CaseState::Open, CaseState::Rejected, event("rejected", 2))
+        .await;
+    expect_conflict(stale, "C-1", CaseState::Open, CaseState::Approved)?;
+    ensure!(store.case("C-1").await? == Some(case), "a refused transition changed the case");
+    ensure!(store.events("C-1").await?.len() == 2, "a refused transition wrote a record");
+
+    let missing = store
+        .transition("C-9", CaseState::Open, CaseState::Approved, event("approved", 1))
+        .await;
+    ensure!(
+        matches!(&missing, Err(StoreError::NoCase(r)) if r == "C-9"),
+        "unknown case: {missing:?}"
+    );
+
+    // The store goes on after refusals.
+    store
+        .transition("C-1", CaseState::Approved, CaseState::Exported, event("exported", 3))
+        .await?;
+    verified_log(&store, "C-1").await?;
+    Ok(())
+}
+
+pub async fn append_in_only_in_the_given_states(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    open_case(&store, "C-1", DEPT).await?;
+    let rec = store
+        .append_in("C-1", &[CaseState::Approved, CaseState::Open], event("noted", 1))
+        .await?;
+    ensure!(rec.seq == 2 && rec.event == "noted", "record: {rec:?}");
+    let case = store.case("C-1").await?.context("C-1 is gone")?;
+    ensure!(
+        case.state == CaseState::Open && case.event_count == 2 && case.head_hash == rec.hash,
+        "an append changed the state: {case:?}"
+    );
+
+    store
+        .transition("C-1", CaseState::Open, CaseState::Closed, event("closed", 2))
+        .await?;
+    let late = store
+        .append_in("C-1", &[CaseState::Open, CaseState::Approved], event("file_read", 3))
+        .await;
+    expect_conflict(late, "C-1", CaseState::Open, CaseState::Closed)?;
+    ensure!(store.events("C-1").await?.len() == 3, "an append out of state wrote a record");
+
+    let missing = store.append_in("C-9", &[CaseState::Open], event("noted", 1)).await;
+    ensure!(
+        matches!(&missing, Err(StoreError::NoCase(r)) if r == "C-9"),
+        "unknown case: {missing:?}"
+    );
+
+    store.append_in("C-1", &[CaseState::Closed], event(audit::SEALED, 4)).await?;
+    verified_log(&store, "C-1").await?;
+    Ok(())
+}
+
+pub async fn events_come_in_sequence_order(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    // Two cases written in turn, so their records interleave in storage.
+    open_case(&store, "C-1", DEPT).await?;
+    open_case(&store, "C-2", DEPT).await?;
+    let mut written = [Vec::new(), Vec::new()];
+    for n in 1..=20 {
+        for (i, case_ref) in ["C-1", "C-2"].into_iter().enumerate() {
+            written[i].push(store.append_in(case_ref, &[CaseState::Open], event("noted", n)).await?);
+        }
+    }
+    for (i, case_ref) in ["C-1", "C-2"].into_iter().enumerate() {
+        let records = store.events(case_ref).await?;
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        ensure!(seqs == (1..=21).collect::<Vec<u64>>(), "{case_ref}: sequence {seqs:?}");
+        ensure!(
+            records[1..] == written[i][..],
+            "{case_ref}: stored records differ from those returned"
+        );
+        audit::verify_chain(case_ref, &records, None)?;
+    }
+    ensure!(store.events("C-9").await?.is_empty(), "records of an unknown case");
+    Ok(())
+}
+
+pub async fn log_snapshot_matches_its_records(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    open_case(&store, "C-1", DEPT).await?;
+    for n in 1..=5 {
+        store.append_in("C-1", &[CaseState::Open], event("noted", n)).await?;
+    }
+    let last = store
+        .transition("C-1", CaseState::Open, CaseState::Approved, event("approved", 6))
+        .await?;
+    let (count, head, records) = store.log_snapshot("C-1").await?;
+    ensure!((count, head.as_str()) == (7, last.hash.as_str()), "head ({count}, {head})");
+    ensure!(records == store.events("C-1").await?, "snapshot and events differ");
+    verified_log(&store, "C-1").await?;
+
+    let missing = store.log_snapshot("C-9").await;
+    ensure!(
+        matches!(&missing, Err(StoreError::NoCase(r)) if r == "C-9"),
+        "unknown case: {missing:?}"
+    );
+    Ok(())
+}
+
+pub async fn count_by_state_covers_every_state(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let zero: Vec<(CaseState, u64)> = CaseState::ALL.iter().map(|s| (*s, 0)).collect();
+    ensure!(store.count_by_state().await? == zero, "a new store has cases");
+    for case_ref in ["C-1", "C-2", "C-3", "C-4"] {
+        open_case(&store, case_ref, DEPT).await?;
+    }
+    store
+        .transition("C-1", CaseState::Open, CaseState::Approved, event("approved", 1))
+        .await?;
+    store
+        .transition("C-2", CaseState::Open, CaseState::Rejected, event("rejected", 1))
+        .await?;
+    let want: Vec<(CaseState, u64)> = CaseState::ALL
+        .iter()
+        .map(|s| {
+            let n = match s {
+                CaseState::Open => 2,
+                CaseState::Approved | CaseState::Rejected => 1,
+                _ => 0,
+            };
+            (*s, n)
+        })
+        .collect();
+    ensure!(store.count_by_state().await? == want, "counts");
+    Ok(())
+}
+
+/// Appends from many tasks at once still form one chain without gaps.
+pub async fn concurrent_appends_to_one_case_form_one_chain(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 50;
+    open_case(&store, "C-1", DEPT).await?;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 0..EACH {
+                let ev = NewEvent {
+                    details: serde_json::json!({ "task": task, "i": i }),
+                    ..event("file_read", 0)
+                };
+                written.push(store.append_in("C-1", &[CaseState::Open], ev).await?);
+            }
+            Ok::<_, StoreError>(written)
+        }));
+    }
+    let mut returned = Vec::new();
+    for t in tasks {
+        returned.extend(t.await??);
+    }
+
+    let records = verified_log(&store, "C-1").await?;
+    let n = 1 + TASKS * EACH;
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    ensure!(
+        seqs == (1..=n).collect::<Vec<u64>>(),
+        "sequence has gaps or repeats: {} records",
+        records.len()
+    );
+    let appended: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.event == "file_read")
+        .map(|r| r.details.to_string())
+        .collect();
+    ensure!(
+        appended.len() as u64 == TASKS * EACH,
+        "{} distinct appended records",
+        appended.len()
+    );
+    returned.sort_by_key(|r| r.seq);
+    ensure!(returned[..] == records[1..], "the records returned are not the records stored");
+    Ok(())
+}
+
+/// Of transitions racing from one state, exactly one happens.
+pub async fn concurrent_transitions_from_one_state_have_one_winner(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    const RACERS: usize = 4;
+    let targets = [CaseState::Approved, CaseState::Rejected, CaseState::Blocked, CaseState::Expired];
+    for round in 0..10 {
+        let case_ref = format!("C-{round}");
+        open_case(&store, &case_ref, DEPT).await?;
+        let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let mut racers = Vec::new();
+        for to in targets.into_iter().take(RACERS) {
+            let (store, start, case_ref) = (store.clone(), start.clone(), case_ref.clone());
+            racers.push(tokio::spawn(async move {
+                start.wait().await;
+                (to, store.transition(&case_ref, CaseState::Open, to, event(to.as_str(), 1)).await)
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for r in racers {
+            outcomes.push(r.await?);
+        }
+        let winners: Vec<CaseState> = outcomes.iter().filter(|(_, r)| r.is_ok()).map(|(to, _)| *to).collect();
+        let [winner] = winners[..] else {
+            bail!("round {round}: winners {winners:?}");
+        };
+        for (to, r) in outcomes {
+            if to != winner {
+                expect_conflict(r, &case_ref, CaseState::Open, winner)?;
+            }
+        }
+        let case = store.case(&case_ref).await?.context("case is gone")?;
+        ensure!(case.state == winner && case.event_count == 2, "round {round}: {case:?}");
+        verified_log(&store, &case_ref).await?;
+    }
+    Ok(())
+}
