@@ -103,9 +103,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             "user space (passthrough = false in the config)"
         }
     };
-    if let Ok(mut m) = svc.read_path.write() {
-        *m = Some(read_path.to_string());
-    }
+    *crate::sync::write(&svc.read_path) = Some(read_path.to_string());
     if let Err(e) = svc.recover().await {
         mounted.unmount();
         let _ = std::fs::remove_file(&socket_path);

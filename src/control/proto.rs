@@ -7,9 +7,10 @@
 //! what the caller could open, at disk speed, without size limits.
 
 use crate::audit::EventRecord;
-use crate::db::{CaseRecord, ImportSummary};
+use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
+use crate::domain::catalog::ImportSummary;
 use crate::domain::verify::{CaseFile, RequestForm};
 use serde::{Deserialize, Serialize};
 

@@ -5,12 +5,14 @@
 use crate::audit::{EventRecord, NewEvent};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
-use crate::domain::verify::{CaseFile, Report};
-use serde::{Deserialize, Serialize};
+use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
 pub mod conformance;
 pub mod sqlite;
+
+pub use crate::domain::case::{CaseRecord, NewCase};
+pub use crate::domain::catalog::ImportSummary;
 
 /// Why a store method failed. Whatever the variant, nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -41,55 +43,6 @@ pub enum StoreError {
     CatalogRow(#[source] crate::names::NameError),
     #[error("the stored case {0} cannot be read: {1}")]
     Corrupt(String, String),
-}
-
-/// What an import changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportSummary {
-    pub rows: u64,
-    pub added: u64,
-    pub updated: u64,
-    pub unchanged: u64,
-    pub catalog_files: u64,
-}
-
-/// A new case as `case open` registers it.
-#[derive(Debug, Clone)]
-pub struct NewCase {
-    pub case_ref: String,
-    pub requester: String,
-    pub department: Option<String>,
-    pub submitter: Option<String>,
-    pub report: Report,
-    pub files: Vec<CaseFile>,
-}
-
-/// A case as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaseRecord {
-    pub case_ref: String,
-    pub state: CaseState,
-    pub requester: String,
-    pub department: Option<String>,
-    pub submitter: Option<String>,
-    pub verified: bool,
-    pub report: Report,
-    pub created_at: String,
-    /// Unix seconds when the case entered its current state.
-    pub state_since: i64,
-    pub event_count: u64,
-    pub head_hash: String,
-}
-
-impl CaseRecord {
-    /// The facts the state machine decides on.
-    pub fn facts(&self) -> crate::domain::case::CaseFacts<'_> {
-        crate::domain::case::CaseFacts {
-            state: self.state,
-            verified: self.verified,
-            department: self.department.as_deref(),
-        }
-    }
 }
 
 /// The case register's storage. Every backend keeps this contract, whatever

@@ -46,13 +46,6 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// A unique-key violation, which some writes turn into a domain answer.
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -191,7 +184,7 @@ impl SqliteStore {
         }
         let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
             .bind(to.as_str())
-            .bind(unix_now())
+            .bind(crate::unix::now_secs())
             .bind(case_ref)
             .bind(from.as_str())
             .execute(&mut **tx)
@@ -233,7 +226,7 @@ impl SqliteStore {
         .bind(case.report.verified() as i64)
         .bind(report)
         .bind(audit::now_rfc3339())
-        .bind(unix_now())
+        .bind(crate::unix::now_secs())
         .bind(GENESIS)
         .execute(&mut **tx)
         .await;

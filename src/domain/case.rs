@@ -12,6 +12,7 @@
 //! closes a case from any non-terminal state.
 
 use crate::audit::EventKind;
+use crate::domain::verify::{CaseFile, Report};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -77,6 +78,45 @@ impl CaseState {
 impl fmt::Display for CaseState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A new case as `case open` registers it.
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    pub case_ref: String,
+    pub requester: String,
+    pub department: Option<String>,
+    pub submitter: Option<String>,
+    pub report: Report,
+    pub files: Vec<CaseFile>,
+}
+
+/// A case as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub case_ref: String,
+    pub state: CaseState,
+    pub requester: String,
+    pub department: Option<String>,
+    pub submitter: Option<String>,
+    pub verified: bool,
+    pub report: Report,
+    pub created_at: String,
+    /// Unix seconds when the case entered its current state.
+    pub state_since: i64,
+    pub event_count: u64,
+    pub head_hash: String,
+}
+
+impl CaseRecord {
+    /// The facts the state machine decides on.
+    pub fn facts(&self) -> CaseFacts<'_> {
+        CaseFacts {
+            state: self.state,
+            verified: self.verified,
+            department: self.department.as_deref(),
+        }
     }
 }
 

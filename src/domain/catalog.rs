@@ -239,6 +239,16 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
 
+/// What an import changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    pub rows: u64,
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub catalog_files: u64,
+}
+
 /// Parses and validates a whole catalog. Every bad row is counted and the
 /// first [`MAX_REPORTED`] are listed with their line numbers; any bad row
 /// makes the whole file an error.

@@ -201,10 +201,7 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(Self::fail("open", e)),
         };
         if self.passthrough.load(Ordering::Acquire) {
-            let mut b = match self.backings.lock() {
-                Ok(b) => b,
-                Err(_) => return reply.opened(FileHandle(fh), FopenFlags::empty()),
-            };
+            let mut b = crate::sync::lock(&self.backings);
             let existing = b.by_ino.get(&ino.0).and_then(Weak::upgrade);
             let id = match existing {
                 Some(id) => Some(id),
@@ -282,15 +279,13 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let passthrough = match self.backings.lock() {
-            Ok(mut b) => {
-                let had = b.by_fh.remove(&fh.0).is_some();
-                if had && b.by_ino.get(&ino.0).and_then(Weak::upgrade).is_none() {
-                    b.by_ino.remove(&ino.0);
-                }
-                had
+        let passthrough = {
+            let mut b = crate::sync::lock(&self.backings);
+            let had = b.by_fh.remove(&fh.0).is_some();
+            if had && b.by_ino.get(&ino.0).and_then(Weak::upgrade).is_none() {
+                b.by_ino.remove(&ino.0);
             }
-            Err(_) => false,
+            had
         };
         self.core.release(fh.0, passthrough);
         reply.ok();

@@ -65,20 +65,16 @@ impl ExportTable {
     }
 
     pub fn listen(&self, l: Arc<dyn ExportListener>) {
-        if let Ok(mut v) = self.listeners.write() {
-            v.push(l);
-        }
+        crate::sync::write(&self.listeners).push(l);
     }
 
     fn listeners(&self) -> Vec<Arc<dyn ExportListener>> {
-        self.listeners.read().map(|v| v.clone()).unwrap_or_default()
+        crate::sync::read(&self.listeners).clone()
     }
 
     pub fn publish(&self, case: ExportedCase) {
         let case = Arc::new(case);
-        if let Ok(mut m) = self.cases.write() {
-            m.insert(case.case_ref.clone(), case.clone());
-        }
+        crate::sync::write(&self.cases).insert(case.case_ref.clone(), case.clone());
         for l in self.listeners() {
             l.published(&case);
         }
@@ -86,7 +82,7 @@ impl ExportTable {
 
     /// Removes a case; returns whether it was visible.
     pub fn withdraw(&self, case_ref: &str) -> bool {
-        let gone = self.cases.write().ok().and_then(|mut m| m.remove(case_ref));
+        let gone = crate::sync::write(&self.cases).remove(case_ref);
         match gone {
             Some(c) => {
                 for l in self.listeners() {
@@ -99,11 +95,11 @@ impl ExportTable {
     }
 
     pub fn get(&self, case_ref: &str) -> Option<Arc<ExportedCase>> {
-        self.cases.read().ok().and_then(|m| m.get(case_ref).cloned())
+        crate::sync::read(&self.cases).get(case_ref).cloned()
     }
 
     /// All visible cases, in name order.
     pub fn all(&self) -> Vec<Arc<ExportedCase>> {
-        self.cases.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        crate::sync::read(&self.cases).values().cloned().collect()
     }
 }

@@ -35,7 +35,7 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 
 impl Service {
     pub(super) async fn status(&self) -> Response {
-        let read_path = self.read_path.read().ok().and_then(|m| m.clone());
+        let read_path = crate::sync::read(&self.read_path).clone();
         let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
         let read_path = read_path.unwrap_or_else(|| "none (not mounted)".into());
         Ok(Reply::Status(StatusReply {

@@ -4,9 +4,9 @@ use super::Service;
 use super::request::{not_found, parse_ref, refuse};
 use crate::audit::{self, Actor, EventKind, NewEvent};
 use crate::control::proto::{CaseView, Refusal, RefusalKind, Reply, Response};
-use crate::db::{CaseRecord, NewCase};
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::case::{Action, CaseState, Role, transition};
+use crate::domain::case::{CaseRecord, NewCase};
 use crate::domain::verify::{RequestForm, SUMS_NAME, verify};
 use crate::receipt;
 use serde_json::json;
@@ -25,11 +25,9 @@ pub(super) fn redact(case: &mut CaseRecord) {
 impl Service {
     pub(super) async fn view(&self, role: &Role, mut case: CaseRecord) -> Result<CaseView, Refusal> {
         let files = self.store.case_files(&case.case_ref).await?;
-        let staging = self
-            .jobs
-            .lock()
-            .ok()
-            .and_then(|j| j.get(&case.case_ref).map(|j| (j.progress.done.load(Ordering::Relaxed), j.total)));
+        let staging = crate::sync::lock(&self.jobs)
+            .get(&case.case_ref)
+            .map(|j| (j.progress.done.load(Ordering::Relaxed), j.total));
         let blocked_reason = if case.state == CaseState::Blocked {
             let events = self.store.events(&case.case_ref).await?;
             events

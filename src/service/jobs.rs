@@ -28,10 +28,7 @@ impl Service {
             progress: staging::Progress::default(),
             total: files.iter().map(|f| f.file.size).sum(),
         });
-        let mut jobs = self
-            .jobs
-            .lock()
-            .map_err(|_| refuse(RefusalKind::Internal, "staging table poisoned"))?;
+        let mut jobs = crate::sync::lock(&self.jobs);
         if jobs.contains_key(case_ref) {
             return Err(refuse(RefusalKind::State, format!("case {case_ref} is being staged already")));
         }
@@ -109,11 +106,11 @@ impl Service {
 
     /// Stops a running staging job of the case and waits (up to 30 s) until it has let go.
     pub(super) async fn stop_staging(&self, case_ref: &str) {
-        let job = self.jobs.lock().ok().and_then(|j| j.get(case_ref).cloned());
+        let job = crate::sync::lock(&self.jobs).get(case_ref).cloned();
         let Some(job) = job else { return };
         job.progress.cancel.store(true, Ordering::Relaxed);
         for _ in 0..300 {
-            if self.jobs.lock().map(|j| !j.contains_key(case_ref)).unwrap_or(true) {
+            if !crate::sync::lock(&self.jobs).contains_key(case_ref) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -5,8 +5,8 @@ use super::Service;
 use super::request::{not_found, refuse};
 use crate::audit::{self, Actor, EventKind, EventRecord, NewEvent};
 use crate::control::proto::{Refusal, RefusalKind};
-use crate::db::CaseRecord;
 use crate::domain::authz::no_longer_authorized;
+use crate::domain::case::CaseRecord;
 use crate::domain::case::{Action, CaseState, Role, transition};
 use crate::domain::verify::CaseFile;
 use crate::export::table::{Backing, ExportedCase, ExportedFile};
@@ -56,9 +56,7 @@ impl Service {
         tokio::spawn(async move {
             let outcome = svc.stage_files(&case_ref, &files, &job).await;
             // Off the table before the final transition, so the case can be approved again after a block.
-            if let Ok(mut jobs) = svc.jobs.lock() {
-                jobs.remove(&case_ref);
-            }
+            crate::sync::lock(&svc.jobs).remove(&case_ref);
             if job.progress.cancel.load(Ordering::Relaxed) {
                 // Stopped by a close, which takes the case from here.
                 let _ = svc.remove_staging(&case_ref).await;

@@ -90,7 +90,7 @@ impl Service {
     }
 
     pub fn directory(&self) -> Arc<Directory> {
-        self.directory.read().map(|d| d.clone()).unwrap_or_default()
+        crate::sync::read(&self.directory).clone()
     }
 
     pub fn gdb_root(&self) -> Arc<OwnedFd> {
@@ -114,9 +114,7 @@ impl Service {
             }
         };
         let _visibility = self.visibility.lock().await;
-        if let Ok(mut cur) = self.directory.write() {
-            *cur = d.clone();
-        }
+        *crate::sync::write(&self.directory) = d.clone();
         for case in self.exports.all() {
             let files = match self.store.case_files(&case.case_ref).await {
                 Ok(f) => f,

@@ -4,8 +4,8 @@
 use super::Service;
 use crate::audit::{Actor, EventKind};
 use crate::control::proto::Refusal;
-use crate::db::CaseRecord;
 use crate::domain::authz::no_longer_authorized;
+use crate::domain::case::CaseRecord;
 use crate::domain::case::{Action, CaseState, Role};
 use crate::domain::verify::CaseFile;
 use serde_json::json;
@@ -124,9 +124,7 @@ impl Service {
             }
         };
         let outcome = self.stage_files(case_ref, files, &job).await;
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.remove(case_ref);
-        }
+        crate::sync::lock(&self.jobs).remove(case_ref);
         let _visibility = self.visibility.lock().await;
         let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
         if !still_visible {
