@@ -3,6 +3,39 @@
 
 use std::collections::BTreeMap;
 
+/// What is wrong with a receipt, by kind: the case log records these counts,
+/// never the client's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// Not `sha256sum` output.
+    NotSums,
+    Empty,
+    /// The line for `SHA256SUMS` has another checksum.
+    SumsDiffer,
+    ListedTwice,
+    NotInCase,
+    ChecksumDiffers,
+    Missing,
+}
+
+/// A refused receipt: the problems by kind, and a message for the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReceiptError {
+    pub problems: BTreeMap<Problem, usize>,
+    pub message: String,
+}
+
+impl ReceiptError {
+    fn one(problem: Problem, message: String) -> ReceiptError {
+        ReceiptError {
+            problems: [(problem, 1)].into_iter().collect(),
+            message,
+        }
+    }
+}
+
 /// One line of `sha256sum` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SumLine {
@@ -106,38 +139,53 @@ pub fn check_receipt(
     expected: &BTreeMap<String, String>,
     sums_name: &str,
     sums_sha: &str,
-) -> Result<(), String> {
-    let lines = parse_sums(text)?;
+) -> Result<(), ReceiptError> {
+    let lines = parse_sums(text).map_err(|m| ReceiptError::one(Problem::NotSums, m))?;
     if lines.is_empty() {
-        return Err("the checksum list is empty".into());
+        return Err(ReceiptError::one(Problem::Empty, "the checksum list is empty".into()));
     }
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut kinds: BTreeMap<Problem, usize> = BTreeMap::new();
+    let mut problem = |kind: Problem, message: String| {
+        *kinds.entry(kind).or_default() += 1;
+        problems.push(message);
+    };
     for l in lines {
         let name = l.name.strip_prefix("./").unwrap_or(&l.name);
         let name = name.strip_prefix(&format!("{case_ref}/")).unwrap_or(name).to_string();
         if name == sums_name {
             if l.sha256 != sums_sha {
-                problems.push(format!("{sums_name}: checksum differs from the one served"));
+                problem(Problem::SumsDiffer, format!("{sums_name}: checksum differs from the one served"));
             }
             continue;
         }
         if seen.insert(name.clone(), l.sha256.clone()).is_some() {
-            problems.push(format!("{name}: listed twice"));
+            problem(Problem::ListedTwice, format!("{name}: listed twice"));
             continue;
         }
         match expected.get(&name) {
-            None => problems.push(format!("{name}: not a file of this case")),
-            Some(want) if *want != l.sha256 => problems.push(format!("{name}: checksum differs (received file is not the one served)")),
+            None => problem(Problem::NotInCase, format!("{name}: not a file of this case")),
+            Some(want) if *want != l.sha256 => problem(
+                Problem::ChecksumDiffers,
+                format!("{name}: checksum differs (received file is not the one served)"),
+            ),
             Some(_) => {}
         }
     }
     for name in expected.keys() {
         if !seen.contains_key(name) {
-            problems.push(format!("{name}: missing from the list"));
+            problem(Problem::Missing, format!("{name}: missing from the list"));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ReceiptError {
+            problems: kinds,
+            message: problems.join("; "),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -168,13 +216,25 @@ mod tests {
     #[test]
     fn incomplete_wrong_or_extra_lists_are_refused() {
         let missing = format!("{A}  a b.fastq.gz\n");
-        assert!(check_receipt(&missing, "R1", &expected(), "SHA256SUMS", "00").is_err_and(|e| e.contains("missing")));
+        assert!(
+            check_receipt(&missing, "R1", &expected(), "SHA256SUMS", "00")
+                .is_err_and(|e| e.message.contains("missing") && e.problems.get(&Problem::Missing) == Some(&1))
+        );
         let wrong = format!("{B}  a b.fastq.gz\n\\{B}  x\\\\y.spring\n");
-        assert!(check_receipt(&wrong, "R1", &expected(), "SHA256SUMS", "00").is_err_and(|e| e.contains("differs")));
+        assert!(
+            check_receipt(&wrong, "R1", &expected(), "SHA256SUMS", "00")
+                .is_err_and(|e| e.message.contains("differs") && e.problems.contains_key(&Problem::ChecksumDiffers))
+        );
         let extra = format!("{A}  a b.fastq.gz\n\\{B}  x\\\\y.spring\n{A}  other\n");
-        assert!(check_receipt(&extra, "R1", &expected(), "SHA256SUMS", "00").is_err_and(|e| e.contains("not a file")));
+        assert!(
+            check_receipt(&extra, "R1", &expected(), "SHA256SUMS", "00")
+                .is_err_and(|e| e.message.contains("not a file") && e.problems.contains_key(&Problem::NotInCase))
+        );
         let twice = format!("{A}  a b.fastq.gz\n{A}  a b.fastq.gz\n\\{B}  x\\\\y.spring\n");
-        assert!(check_receipt(&twice, "R1", &expected(), "SHA256SUMS", "00").is_err_and(|e| e.contains("twice")));
+        assert!(
+            check_receipt(&twice, "R1", &expected(), "SHA256SUMS", "00")
+                .is_err_and(|e| e.message.contains("twice") && e.problems.contains_key(&Problem::ListedTwice))
+        );
         assert!(check_receipt("", "R1", &expected(), "SHA256SUMS", "00").is_err());
         assert!(check_receipt("garbage\n", "R1", &expected(), "SHA256SUMS", "00").is_err());
         let sums = format!("{A}  a b.fastq.gz\n\\{B}  x\\\\y.spring\n{A}  SHA256SUMS\n");

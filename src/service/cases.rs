@@ -7,7 +7,7 @@ use crate::control::proto::{CaseView, Refusal, RefusalKind, Reply, Response};
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::case::{Action, CaseState, Role, transition};
 use crate::domain::case::{CaseRecord, NewCase};
-use crate::domain::verify::{RequestForm, SUMS_NAME, verify};
+use crate::domain::verify::{CaseFile, RequestForm, SUMS_NAME, verify};
 use crate::receipt;
 use serde_json::json;
 use sha2::Digest;
@@ -21,6 +21,9 @@ pub(super) fn redact(case: &mut CaseRecord) {
     case.report.lines.clear();
     case.report.problems.clear();
 }
+
+/// Refused receipts recorded per case (and daemon run); more are answered but not logged.
+pub(super) const MAX_REFUSALS_RECORDED: u32 = 20;
 
 impl Service {
     pub(super) async fn view(&self, role: &Role, mut case: CaseRecord) -> Result<CaseView, Refusal> {
@@ -128,17 +131,75 @@ impl Service {
         let expected: BTreeMap<String, String> = files.iter().map(|f| (f.export_name.clone(), f.file.sha256.clone())).collect();
         let sums_file = receipt::format_sums(files.iter().map(|f| (f.export_name.as_str(), f.file.sha256.as_str())));
         let sums_sha = audit::hex(&sha2::Sha256::digest(sums_file.as_bytes()));
-        if let Err(reason) = receipt::check_receipt(sums, &case.case_ref, &expected, SUMS_NAME, &sums_sha) {
-            // Recorded only while the case is exported (never after a close), and bounded.
-            let recorded: String = reason.chars().take(2000).collect();
-            let ev = NewEvent::new(actor, EventKind::ReceiptRefused, json!({"reason": recorded}));
-            self.store.append_in(&case.case_ref, &[CaseState::Exported], ev).await?;
-            return Err(refuse(RefusalKind::Failed, format!("receipt refused: {reason}")));
+        if let Err(e) = receipt::check_receipt(sums, &case.case_ref, &expected, SUMS_NAME, &sums_sha) {
+            self.record_refused_receipt(actor, &case.case_ref, sums, json!(e.problems)).await?;
+            return Err(refuse(RefusalKind::Failed, format!("receipt refused: {e}")));
+        }
+        // A receipt stands for files the department received: each must have
+        // been opened in the mount by the department's account.
+        let unread = self.unread_files(&case.case_ref, &files).await?;
+        if !unread.is_empty() {
+            self.record_refused_receipt(actor, &case.case_ref, sums, json!({"unread": unread.len()}))
+                .await?;
+            return Err(refuse(
+                RefusalKind::Failed,
+                format!(
+                    "receipt refused: {} of the case's {} files were never read from the mount by the department's transfer account: {}",
+                    unread.len(),
+                    files.len(),
+                    unread.join(", ")
+                ),
+            ));
         }
         self.take(role, actor, &case, Action::Confirm, json!({"files": files.len()}))
             .await?;
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+
+    /// The case's files (export names) that no open by a non-staff caller —
+    /// the department's transfer account — is recorded for.
+    async fn unread_files(&self, case_ref: &str, files: &[CaseFile]) -> Result<Vec<String>, Refusal> {
+        let events = self.store.events(case_ref).await?;
+        let read: std::collections::HashSet<&str> = events
+            .iter()
+            .filter(|e| e.kind() == Some(EventKind::FileOpened))
+            .filter(|e| e.details.get("staff").and_then(|s| s.as_bool()) == Some(false))
+            .filter_map(|e| e.details.get("file").and_then(|f| f.as_str()))
+            .collect();
+        Ok(files
+            .iter()
+            .filter(|f| !read.contains(f.export_name.as_str()))
+            .map(|f| f.export_name.clone())
+            .collect())
+    }
+
+    /// Records a refused receipt, short and typed: what was wrong by kind and
+    /// a digest of what was sent, never the client's text. At most
+    /// [`MAX_REFUSALS_RECORDED`] per case and daemon run; the refusal itself
+    /// is answered either way.
+    async fn record_refused_receipt(&self, actor: &Actor, case_ref: &str, sent: &str, problems: serde_json::Value) -> Result<(), Refusal> {
+        let n = {
+            let mut counts = crate::sync::lock(&self.refusals_recorded);
+            let n = counts.entry(case_ref.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if n > MAX_REFUSALS_RECORDED {
+            return Ok(());
+        }
+        let mut details = json!({
+            "problems": problems,
+            "sent_bytes": sent.len(),
+            "sent_sha256": audit::hex(&sha2::Sha256::digest(sent.as_bytes())),
+        });
+        if n == MAX_REFUSALS_RECORDED {
+            details["further_refusals_not_recorded"] = json!(true);
+        }
+        let ev = NewEvent::new(actor, EventKind::ReceiptRefused, details);
+        // Recorded only while the case is exported (never after a close).
+        self.store.append_in(case_ref, &[CaseState::Exported], ev).await?;
+        Ok(())
     }
 
     pub(super) async fn case_close(&self, role: &Role, actor: &Actor, case_ref: &str, force: bool, reason: Option<String>) -> Response {

@@ -63,6 +63,8 @@ pub struct Service {
     visibility: tokio::sync::Mutex<()>,
     /// Held while a case is cleaned up and sealed.
     finishing: tokio::sync::Mutex<()>,
+    /// Refused receipts recorded per case in this run (bounded).
+    refusals_recorded: Mutex<HashMap<String, u32>>,
 }
 
 impl Service {
@@ -82,6 +84,7 @@ impl Service {
             read_path: RwLock::new(None),
             visibility: tokio::sync::Mutex::new(()),
             finishing: tokio::sync::Mutex::new(()),
+            refusals_recorded: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -764,6 +764,29 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// Reads every file of an exported case through the mount as `uid`, as a
+    /// pull does (a receipt is accepted only for files the department read).
+    #[track_caller]
+    pub fn pull_as(&self, uid: u32, case_ref: &str) {
+        for (name, sha, _, _) in self.case_files(case_ref) {
+            let path = self.mnt.join(case_ref).join(&name);
+            let mut cmd = Command::new("setpriv");
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("sha256sum")
+                .arg("--")
+                .arg(&path)
+                .current_dir(&self.root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let out = run_with_timeout(cmd, None, &format!("uid {uid}: sha256sum {}", path.display())).ok();
+            let got = out.stdout.trim_start_matches('\\').get(..64).unwrap_or_default().to_string();
+            assert_eq!(got, sha, "{} read wrong bytes", path.display());
+        }
+    }
+
     /// Polls `f` every 100 ms until it is true or `timeout` passes.
     pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;

@@ -865,6 +865,7 @@ fn the_gate_refuses_everything_but_pulls_confirm_and_list() {
     // The three allowed requests work.
     fx.ssh(a, "list", None).ok().stdout_has(case_ref);
     let sums = sums_list(&fx.env.received_sums(case_ref));
+    fx.env.pull_as(UID_A1, case_ref);
     fx.ssh(a, &format!("confirm {case_ref}"), Some(&sums)).ok();
     assert_eq!(fx.env.state_of(case_ref), "received");
 }

@@ -524,6 +524,17 @@ fn lifecycle_open_approve_confirm_close_and_sealed_log() {
     }
     assert_eq!(env.state_of(r), "exported");
 
+    // A right list for files the department never read is no receipt.
+    env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
+        .fails()
+        .stderr_has("were never read from the mount by the department's transfer account");
+    assert_eq!(env.state_of(r), "exported");
+    // Staff reading the files does not count either; the department's pull does.
+    env.pull_as(0, r);
+    env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
+        .fails()
+        .stderr_has("never read");
+    env.pull_as(UID_A1, r);
     // The owning department confirms with the right list: received.
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
         .ok()
@@ -722,6 +733,7 @@ fn direct_mode_exports_without_staging_copies() {
         .unwrap_or_default();
     assert!(staged.is_empty(), "{staged:?}");
     let sums = env.received_sums("DIR-1");
+    env.pull_as(UID_A1, "DIR-1");
     env.cli_as_stdin(
         Who::Dept(UID_A1),
         &["case", "confirm", "DIR-1", "--sha256sums", "-"],
@@ -759,6 +771,7 @@ fn non_root_staff_can_do_everything() {
     let log = env.cli_as(s, &["case", "log", "ST-1", "--json"]).ok().json();
     assert_eq!(log[0]["uid"], STAFF_UID, "{log}");
     let sums = sums_list(&env.received_sums("ST-1"));
+    env.pull_as(UID_A1, "ST-1");
     env.cli_as_stdin(s, &["case", "confirm", "ST-1", "--sha256sums", "-"], &sums).ok();
     env.cli_as(s, &["case", "close", "ST-1"]).ok();
     env.cli_as(s, &["case", "open", "ST-2", "--requester", ALICE, "GDB-0006"]).ok();
@@ -822,6 +835,7 @@ fn a_transfer_account_sees_and_confirms_only_its_own_cases() {
 
     // Confirm its own case.
     let sums = sums_list(&env.received_sums("OWN-1"));
+    env.pull_as(UID_A1, "OWN-1");
     env.cli_as_stdin(a1, &["case", "confirm", "OTHER-1", "--sha256sums", "-"], &sums)
         .fails()
         .stderr_has("no case OTHER-1");
@@ -1077,8 +1091,9 @@ fn kill_9_and_restart_keeps_exported_cases() {
     for i in 0..2 {
         assert!(env.staging_dir("RS-1").join(format!("{i:03}.data")).is_file());
     }
-    // The case carries on after the restart.
+    // The case carries on after the restart: pulled, confirmed, closed.
     let sums = sums_list(&env.received_sums("RS-1"));
+    env.pull_as(UID_A1, "RS-1");
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", "RS-1", "--sha256sums", "-"], &sums)
         .ok();
     env.cli(&["case", "close", "RS-1"]).ok();

@@ -88,6 +88,14 @@ fn cli_output_matches_the_snapshots() {
     snap.step("case-show-transfer", a1, &["case", "show", CASE, "--json"], None, 0);
     snap.step("case-show-transfer-other", a1, &["case", "show", OTHER], None, 1);
 
+    // The department pulls every file; each open's read record lands at release.
+    env.pull_as(UID_A1, CASE);
+    let settled = || {
+        let ev = env.events(CASE);
+        let count = |k: &str| ev.iter().filter(|e| *e == k).count();
+        count("file_opened") == count("file_read")
+    };
+    assert!(env.wait_for(Duration::from_secs(10), settled), "read records missing");
     let sums = sums_list(&env.received_sums(CASE));
     snap.step("case-confirm", a1, &["case", "confirm", CASE, "--sha256sums", "-"], Some(&sums), 0);
     snap.step("case-close", Who::Root, &["case", "close", CASE], None, 0);
