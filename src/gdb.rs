@@ -224,6 +224,57 @@ fn same_regular_file(checked: &FileStat, reader: OwnedFd) -> Result<File, Beneat
     Ok(File::from(reader))
 }
 
+/// Why an opened GDB file could change under a reader that holds it open.
+/// Each reads after "GDB file X".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Changeable {
+    /// A writable filesystem that keeps the immutable attribute, which is not set.
+    #[error("is on a writable filesystem and not immutable")]
+    Mutable,
+    /// A writable filesystem that does not report the immutable attribute.
+    #[error("is on a writable filesystem that has no immutable attribute")]
+    NoImmutableAttribute,
+    #[error("could not be checked ({})", .0.desc())]
+    Os(Errno),
+}
+
+/// What a refusal by [`unchangeable`] tells an administrator to do.
+pub const DIRECT_MODE_REMEDY: &str = "use mode = \"staged\", or make the file immutable (chattr +i) or its filesystem read-only";
+
+/// Whether an opened file cannot change under a reader: its filesystem is
+/// mounted read-only, or it has the immutable attribute. Direct mode serves
+/// only such files, since Linux cannot take back a file a reader has open:
+/// bytes changed in place would reach that reader unverified.
+pub fn unchangeable(file: &File) -> Result<(), Changeable> {
+    use nix::sys::statvfs::{FsFlags, fstatvfs};
+    if fstatvfs(file).map_err(Changeable::Os)?.flags().contains(FsFlags::ST_RDONLY) {
+        return Ok(());
+    }
+    let (attributes, supported) = statx_attributes(file).map_err(Changeable::Os)?;
+    let immutable = libc::STATX_ATTR_IMMUTABLE as u64;
+    if supported & immutable == 0 {
+        Err(Changeable::NoImmutableAttribute)
+    } else if attributes & immutable == 0 {
+        Err(Changeable::Mutable)
+    } else {
+        Ok(())
+    }
+}
+
+/// The file's attributes (`stx_attributes`) and those its filesystem
+/// supports (`stx_attributes_mask`).
+fn statx_attributes(file: &File) -> nix::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `statx` is plain data, for which all zeroes is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call, the path is a NUL-terminated
+    // empty string (AT_EMPTY_PATH: the descriptor itself), and `st` is a
+    // writable `statx` the kernel fills.
+    let rc = unsafe { libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_TYPE, &mut st) };
+    Errno::result(rc)?;
+    Ok((st.stx_attributes, st.stx_attributes_mask))
+}
+
 /// What identifies a file's verified state: a changed file changes at least one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {
@@ -247,6 +298,40 @@ impl FileIdentity {
     }
 }
 
+/// Helpers for tests that need a file which cannot change.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    /// Whether this process may set the immutable attribute and mount (as root).
+    pub fn privileged() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// The immutable attribute on a file, removed again when dropped (an
+    /// immutable file cannot be deleted, nor its directory).
+    pub struct Immutable(PathBuf);
+
+    impl Immutable {
+        pub fn set(path: &Path) -> Immutable {
+            let set = chattr("+i", path);
+            assert!(set, "chattr +i {} failed", path.display());
+            Immutable(path.to_path_buf())
+        }
+    }
+
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            chattr("-i", &self.0);
+        }
+    }
+
+    fn chattr(flag: &str, path: &Path) -> bool {
+        let status = std::process::Command::new("chattr").arg(flag).arg(path).status();
+        matches!(status, Ok(s) if s.success())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +341,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
     use std::time::Duration;
+
+    use test_support::{Immutable, privileged};
 
     const BOTH: [Strategy; 2] = [Strategy::Openat2, Strategy::Walk];
 
@@ -425,5 +512,63 @@ mod tests {
         assert_eq!(same_regular_file(&checked, fifo).err(), Some(BeneathError::NotRegular));
         let same = open("a.fq", READ);
         assert!(same_regular_file(&fstat(&same).unwrap_or_else(|e| panic!("{e}")), same).is_ok());
+    }
+
+    #[test]
+    fn a_writable_file_can_change_until_it_is_made_immutable() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("a.fq");
+        std::fs::write(&path, b"depth 0").unwrap_or_else(|e| panic!("{e}"));
+        let open = || File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let f = open();
+        let refused = unchangeable(&f);
+        assert!(
+            matches!(refused, Err(Changeable::Mutable | Changeable::NoImmutableAttribute)),
+            "{refused:?}"
+        );
+        if !privileged() {
+            eprintln!("not root: the immutable attribute is not tried");
+            return;
+        }
+        {
+            let _immutable = Immutable::set(&path);
+            assert_eq!(unchangeable(&open()), Ok(()));
+            // The attribute is read from the file each time, also through a descriptor opened before.
+            assert_eq!(unchangeable(&f), Ok(()));
+        }
+        assert_eq!(unchangeable(&f), Err(Changeable::Mutable));
+    }
+
+    #[test]
+    fn a_file_on_a_read_only_mount_cannot_change() {
+        use nix::mount::{MsFlags, mount};
+        if !privileged() {
+            eprintln!("not root: read-only mounts are not tried");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("gdb");
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("a.fq"), b"depth 0").unwrap_or_else(|e| panic!("{e}"));
+        let none = None::<&str>;
+        let seen = std::thread::spawn(move || -> Result<_, String> {
+            // A mount namespace for this thread alone: its mounts go with it.
+            // SAFETY: unshare takes no pointers; it affects the calling thread.
+            Errno::result(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map_err(|e| format!("unshare: {e}"))?;
+            let remount = |flags: MsFlags| mount(none, &dir, none, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags, none);
+            (|| {
+                mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+                mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none)?;
+                remount(MsFlags::MS_RDONLY)
+            })()
+            .map_err(|e| format!("read-only bind mount: {e}"))?;
+            let f = File::open(dir.join("a.fq")).map_err(|e| e.to_string())?;
+            let read_only = unchangeable(&f);
+            remount(MsFlags::empty()).map_err(|e| format!("remount read-write: {e}"))?;
+            Ok((read_only, unchangeable(&f)))
+        })
+        .join();
+        let seen = seen.unwrap_or_else(|_| panic!("the mounting thread panicked"));
+        assert_eq!(seen, Ok((Ok(()), Err(Changeable::Mutable))));
     }
 }

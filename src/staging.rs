@@ -5,7 +5,7 @@
 //! fsynced, and only then published under their final name.
 
 use crate::audit::hex;
-use crate::gdb::{self, BeneathError, FileIdentity};
+use crate::gdb::{self, BeneathError, Changeable, FileIdentity};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -39,6 +39,11 @@ pub enum StageError {
     Cancelled(String),
     #[error("{path}: cannot open beneath gdb_root: {reason}")]
     Open { path: String, reason: BeneathError },
+    #[error(
+        "direct mode serves only files that cannot change under a reader: GDB file {path} {reason}; {}",
+        gdb::DIRECT_MODE_REMEDY
+    )]
+    Changeable { path: String, reason: Changeable },
     #[error("{path}: is {actual} bytes, the catalog says {expected}")]
     Size { path: String, expected: u64, actual: u64 },
     #[error("{path}: sha256 is {actual}, the catalog says {expected}")]
@@ -88,9 +93,16 @@ fn io(path: &str) -> impl Fn(std::io::Error) -> StageError + '_ {
     }
 }
 
-/// Direct mode: hashes the GDB file in place.
+/// Direct mode: hashes the GDB file in place. Only a file that cannot
+/// change under a reader ([`gdb::unchangeable`]) is served from the GDB, so
+/// any other is refused before it is read; each open in the export checks
+/// it again.
 pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &Progress) -> Result<FileIdentity, StageError> {
     let mut f = open_beneath(root, e.rel)?;
+    gdb::unchangeable(&f).map_err(|reason| StageError::Changeable {
+        path: e.rel.to_string(),
+        reason,
+    })?;
     let before = FileIdentity::of(&f.metadata().map_err(io(e.rel))?);
     let size = before.size;
     if size != e.size {
@@ -343,6 +355,7 @@ pub fn staged_file(staging: &Path, case_ref: &str, index: usize) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gdb::test_support::{Immutable, privileged};
     use std::os::unix::fs::symlink;
 
     fn sha(data: &[u8]) -> String {
@@ -366,8 +379,35 @@ mod tests {
             sha256: &sha(&data),
         };
         let p = Progress::default();
-        verify_in_place(&rootfd, &good, &p)?;
-        assert_eq!(p.done.load(Ordering::Relaxed), data.len() as u64);
+        // Direct mode refuses a file that can change under a reader, before reading it.
+        let refused = verify_in_place(&rootfd, &good, &p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            refused.starts_with(
+                "direct mode serves only files that cannot change under a reader: \
+                 GDB file runs/a.fq is on a writable filesystem"
+            ) && refused.ends_with("; use mode = \"staged\", or make the file immutable (chattr +i) or its filesystem read-only"),
+            "{refused}"
+        );
+        assert_eq!(p.done.load(Ordering::Relaxed), 0);
+        if privileged() {
+            let _immutable = Immutable::set(&root.join("runs/a.fq"));
+            verify_in_place(&rootfd, &good, &p)?;
+            assert_eq!(p.done.load(Ordering::Relaxed), data.len() as u64);
+            let short = Expect {
+                rel: "runs/a.fq",
+                size: 3,
+                sha256: good.sha256,
+            };
+            assert!(matches!(verify_in_place(&rootfd, &short, &p), Err(StageError::Size { .. })));
+            let other = sha(b"other");
+            let bad = Expect {
+                sha256: &other,
+                ..good.clone()
+            };
+            assert!(matches!(verify_in_place(&rootfd, &bad, &p), Err(StageError::Checksum { .. })));
+        } else {
+            eprintln!("not root: verification in place of an immutable file is not tried");
+        }
         let dest = tmp.path().join("out.data");
         stage_copy(&rootfd, &good, &dest, &p)?;
         assert_eq!(std::fs::read(&dest)?, data);
@@ -381,12 +421,6 @@ mod tests {
         let dest2 = tmp.path().join("bad.data");
         assert!(matches!(stage_copy(&rootfd, &bad, &dest2, &p), Err(StageError::Checksum { .. })));
         assert!(!dest2.exists() && !tmp.path().join(".partial.bad.data").exists());
-        let short = Expect {
-            rel: "runs/a.fq",
-            size: 3,
-            sha256: &bad_sum,
-        };
-        assert!(matches!(verify_in_place(&rootfd, &short, &p), Err(StageError::Size { .. })));
 
         for rel in ["../secret", "runs/link.fq", "dirlink/a.fq", "/etc/passwd", "runs"] {
             let e = Expect {

@@ -5,7 +5,7 @@
 
 use super::inodes::{InodeTable, Node, ROOT, Removed};
 use super::table::{Backing, ExportListener, ExportedCase};
-use crate::gdb::{FileIdentity, open_beneath};
+use crate::gdb::{Changeable, FileIdentity, open_beneath, unchangeable};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -45,6 +45,8 @@ pub enum FsError {
     AuditFailed(String),
     #[error("the backing file is not the verified one: {0}")]
     Integrity(String),
+    #[error("direct mode serves only files that cannot change under a reader: the GDB file {0}")]
+    Changeable(Changeable),
     #[error("bad file handle")]
     BadHandle,
     #[error("{0}")]
@@ -371,6 +373,18 @@ impl ExportFs {
                         error!(case = %case.case_ref, file_id = %f.file_id, "backing file changed since verification; open refused");
                         return Err(FsError::Integrity("the backing file changed since it was verified".into()));
                     }
+                }
+                // A reader keeps what it opened: only a GDB file that cannot
+                // change under it may be handed out. Logged by file id, not path.
+                if matches!(f.backing, Backing::Gdb(_)) {
+                    unchangeable(&file).map_err(|why| {
+                        error!(
+                            case = %case.case_ref,
+                            file_id = %f.file_id,
+                            "GDB file {why}, so it could change under a reader; open refused (direct mode)"
+                        );
+                        FsError::Changeable(why)
+                    })?;
                 }
                 (Arc::new(file), f.name.clone(), f.file_id.clone(), f.size)
             }
@@ -781,6 +795,58 @@ mod tests {
         std::fs::write(&p, b"tampered").unwrap_or_else(|e| panic!("{e}"));
         let file = file_ino(&f, &a, "R", "a.fq");
         assert!(matches!(f.fs.open(&a, file, false), Err(FsError::Integrity(_))));
+    }
+
+    #[test]
+    fn a_gdb_file_that_can_change_under_a_reader_is_refused_at_open() {
+        let f = fixture();
+        let data = content("R", "a.fq");
+        let path = f.dir.path().join("a.fq");
+        std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{e}"));
+        // Published as direct mode does, with the identity the file has now.
+        let publish = || {
+            let identity = FileIdentity::of(&std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}")));
+            let sha256 = crate::audit::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data));
+            f.table.publish(ExportedCase {
+                case_ref: "R".into(),
+                department: "D".into(),
+                owner_uid: 2001,
+                mtime_ns: 1_700_000_000_000_000_000,
+                sums: crate::receipt::format_sums([("a.fq", sha256.as_str())].into_iter()).into_bytes(),
+                files: vec![ExportedFile {
+                    name: "a.fq".into(),
+                    file_id: "ID-a".into(),
+                    sha256,
+                    size: data.len() as u64,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                    backing: Backing::Gdb("a.fq".into()),
+                    identity: Some(identity),
+                }],
+            });
+        };
+        publish();
+        let a = who(2001);
+        let file = file_ino(&f, &a, "R", "a.fq");
+        let refused = f.fs.open(&a, file, false);
+        assert!(
+            matches!(
+                refused,
+                Err(FsError::Changeable(Changeable::Mutable | Changeable::NoImmutableAttribute))
+            ),
+            "{:?}",
+            refused.map(|o| o.0)
+        );
+        assert_eq!(f.log.opened.lock().map(|v| v.len()).ok(), Some(0), "a refused open was recorded");
+        assert_eq!(f.fs.open_files.load(Ordering::Relaxed), 0);
+        if !crate::gdb::test_support::privileged() {
+            eprintln!("not root: the immutable attribute is not tried");
+            return;
+        }
+        let _immutable = crate::gdb::test_support::Immutable::set(&path);
+        // Setting the attribute changed the ctime: the case is verified again and republished.
+        publish();
+        let file = file_ino(&f, &a, "R", "a.fq");
+        assert_eq!(read_all(&f.fs, &a, file).ok(), Some(data.clone()));
     }
 
     #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Revoked => Errno::EIO,
         FsError::AuditFailed(_) => Errno::EIO,
         FsError::Integrity(_) => Errno::EIO,
+        FsError::Changeable(_) => Errno::EIO,
         FsError::BadHandle => Errno::EBADF,
         FsError::Io(io) => io.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO),
     }

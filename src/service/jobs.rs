@@ -59,6 +59,7 @@ impl Service {
                 }
             }
             if mode == Mode::Direct {
+                // Each file must match and be unable to change under a reader.
                 let mut out = Vec::new();
                 for f in &files_owned {
                     let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(|e| e.to_string())?;

@@ -112,7 +112,8 @@ impl Service {
     }
 
     /// Verifies an exported case's files again (direct mode: the GDB file may
-    /// have changed while the daemon was down) and publishes it if it is still visible.
+    /// have changed, or lost what kept it from changing, while the daemon was
+    /// down) and publishes it if it is still visible.
     pub(super) async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) {
         warn!(case = %case_ref, "verifying an exported case again before it comes back");
         // Registered like any staging job, so a close stops it and waits.

@@ -244,6 +244,42 @@ pub fn chmod(path: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
 }
 
+/// The immutable attribute (`chattr +i`) on files, as direct mode asks of GDB
+/// files on a writable filesystem; removed again when dropped. Declare it
+/// after the [`Env`] whose files it holds, so it goes first: an immutable
+/// file cannot be deleted, nor the directory it is in.
+pub struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    #[track_caller]
+    pub fn set(paths: &[PathBuf]) -> Immutable {
+        // Held before the first chattr, so whatever was set is undone.
+        let held = Immutable(paths.to_vec());
+        for p in paths {
+            run_with_timeout(chattr("+i", p), None, &format!("chattr +i {}", p.display())).ok();
+        }
+        held
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = chattr("-i", p).status();
+        }
+    }
+}
+
+fn chattr(flag: &str, path: &Path) -> Command {
+    let mut cmd = Command::new("chattr");
+    cmd.arg(flag)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Makes every ancestor of `path` searchable by other uids (adds o+x only where it is missing).
 fn ensure_traversable(path: &Path) {
     for dir in path.ancestors().skip(1) {

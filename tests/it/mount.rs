@@ -730,9 +730,54 @@ fn gdb_bytes_changed_after_cataloguing_block_the_case() {
 
 // ---------------------------------------------------------------- 8. direct mode
 
+/// `gdb/` bind-mounted on itself read-only, as an administrator would mount
+/// the GDB for direct mode; detached when dropped. Mounted before the daemon
+/// starts (the daemon holds `gdb_root` open from its start).
+struct ReadOnlyGdb(PathBuf);
+
+impl ReadOnlyGdb {
+    #[track_caller]
+    fn mount(env: &Env) -> ReadOnlyGdb {
+        let gdb = env.gdb.display().to_string();
+        run_as(Who::Root, &["mount", "--bind", &gdb, &gdb]).ok();
+        let held = ReadOnlyGdb(env.gdb.clone());
+        held.remount("ro");
+        held
+    }
+
+    /// `ro` or `rw`.
+    #[track_caller]
+    fn remount(&self, how: &str) {
+        run_as(
+            Who::Root,
+            &["mount", "-o", &format!("remount,{how},bind"), &self.0.display().to_string()],
+        )
+        .ok();
+    }
+}
+
+impl Drop for ReadOnlyGdb {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Asserts that neither the department nor root can read `file` of the case now.
+#[track_caller]
+fn refused_to_all(env: &Env, case_ref: &str, file: &str) {
+    let path = case_dir(env, case_ref).join(file).display().to_string();
+    for who in [Who::Dept(UID_A1), Who::Root] {
+        let out = run_as(who, &["cat", &path]).fails();
+        assert!(out.stdout.is_empty(), "bytes were served to {who:?}: {out}");
+        assert!(out.stderr.contains("Input/output error"), "{out}");
+    }
+}
+
 #[test]
-fn direct_mode_serves_verified_gdb_files_and_refuses_changed_ones() {
+fn direct_mode_serves_immutable_gdb_files_and_refuses_them_once_they_can_change() {
     let env = Env::ready_with(|o| o.mode = Some("direct".into()));
+    let r1 = Immutable::set(&[env.gdb_path("GDB-0001")]);
+    let _r2 = Immutable::set(&[env.gdb_path("GDB-0002")]);
     export(&env, "R-DIRECT", ALICE, &["GDB-0001", "GDB-0002"]);
     let dir = case_dir(&env, "R-DIRECT");
     let dest = owned_dir(&env, "dest-direct", UID_A1);
@@ -748,7 +793,14 @@ fn direct_mode_serves_verified_gdb_files_and_refuses_changed_ones() {
         .unwrap_or_default();
     assert!(staged.is_empty(), "direct mode staged copies: {staged:?}");
 
-    // Change the GDB file in place (same size) after export.
+    // What direct mode rests on: not even root changes an immutable file in place.
+    let open_rw = std::fs::OpenOptions::new().write(true).open(env.gdb_path("GDB-0001"));
+    assert_eq!(open_rw.err().and_then(|e| e.raw_os_error()), Some(libc::EPERM));
+
+    // Once the attribute is gone, the file could change under a reader: no new open.
+    drop(r1);
+    refused_to_all(&env, "R-DIRECT", "S1_R1.fastq");
+    // Nor once it did change in place (same size).
     std::thread::sleep(Duration::from_millis(20));
     {
         use std::os::unix::fs::FileExt;
@@ -756,15 +808,91 @@ fn direct_mode_serves_verified_gdb_files_and_refuses_changed_ones() {
         f.write_all_at(b"X", 5).unwrap();
         f.sync_all().unwrap();
     }
-    let path = dir.join("S1_R1.fastq").display().to_string();
-    for who in [Who::Dept(UID_A1), Who::Root] {
-        let out = run_as(who, &["cat", &path]).fails();
-        assert!(out.stdout.is_empty(), "changed bytes were served to {who:?}");
-        assert!(out.stderr.contains("Input/output error"), "{out}");
-    }
-    // The unchanged file is still served.
+    refused_to_all(&env, "R-DIRECT", "S1_R1.fastq");
+    // The file that is still immutable is still served.
     let out = run_as(Who::Dept(UID_A1), &["sha256sum", &dir.join("S1_R2.fastq").display().to_string()]).ok();
     assert!(out.stdout.starts_with(&env.file("GDB-0002").sha256), "{out}");
+}
+
+#[test]
+fn direct_mode_blocks_a_case_whose_gdb_files_can_change() {
+    let env = Env::ready_with(|o| o.mode = Some("direct".into()));
+    open_case(&env, "R-MUT", ALICE, &["GDB-0001", "GDB-0002"]).ok();
+    let out = env.cli(&["case", "approve", "R-MUT"]).fails();
+    let reason = "direct mode serves only files that cannot change under a reader: \
+                  GDB file run1/S1_R1.fastq is on a writable filesystem and not immutable; \
+                  use mode = \"staged\", or make the file immutable (chattr +i) or its filesystem read-only";
+    assert!(out.stderr.contains("blocked") && out.stderr.contains(reason), "{out}");
+    assert_eq!(env.state_of("R-MUT"), "blocked");
+    assert!(listing(&env, Who::Root).is_empty());
+    let log = log_records(&env, "R-MUT");
+    let blocked = log.iter().find(|r| r["event"] == "blocked").expect("a blocked record");
+    assert_eq!(blocked["details"]["reason"].as_str(), Some(reason), "{blocked}");
+    // The reason, with its GDB path, is in the case log, not in the daemon's log.
+    let daemon_log = env.daemon_log();
+    assert!(daemon_log.contains("case blocked"), "{daemon_log}");
+    assert!(!daemon_log.contains("S1_R1.fastq"), "{daemon_log}");
+
+    // Made immutable, the same files pass.
+    let _immutable = Immutable::set(&[env.gdb_path("GDB-0001"), env.gdb_path("GDB-0002")]);
+    env.cli(&["case", "approve", "R-MUT"]).ok().stdout_has("case R-MUT exported");
+    let out = run_as(
+        Who::Dept(UID_A1),
+        &["cat", &case_dir(&env, "R-MUT").join("S1_R1.fastq").display().to_string()],
+    )
+    .ok();
+    assert_eq!(sha256_hex(out.stdout.as_bytes()), env.file("GDB-0001").sha256);
+}
+
+#[test]
+fn direct_mode_serves_a_read_only_gdb_and_checks_it_at_every_open_and_restart() {
+    let mut env = Env::with(|o| o.mode = Some("direct".into()));
+    let gdb = ReadOnlyGdb::mount(&env);
+    env.start();
+    env.import_catalog();
+    export(&env, "R-RO", ALICE, &["GDB-0001", "GDB-0002"]);
+    let file = case_dir(&env, "R-RO").join("S1_R1.fastq").display().to_string();
+    let out = run_as(Who::Dept(UID_A1), &["sha256sum", &file]).ok();
+    assert!(out.stdout.starts_with(&env.file("GDB-0001").sha256), "{out}");
+
+    // Writable again (nothing about the file itself changes): new opens are refused.
+    gdb.remount("rw");
+    refused_to_all(&env, "R-RO", "S1_R1.fastq");
+    let daemon_log = env.daemon_log();
+    let line = daemon_log
+        .lines()
+        .find(|l| l.contains("could change under a reader"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{daemon_log}"));
+    assert!(line.contains("R-RO") && line.contains("GDB-0001"), "{line}");
+    // The journal names the file by its id, never by its GDB path.
+    assert!(!daemon_log.contains("S1_R1.fastq"), "{daemon_log}");
+    // Read-only once more, the verified file is served again.
+    gdb.remount("ro");
+    let out = run_as(Who::Dept(UID_A1), &["sha256sum", &file]).ok();
+    assert!(out.stdout.starts_with(&env.file("GDB-0001").sha256), "{out}");
+
+    // A restart verifies again: a GDB that became writable meanwhile keeps the case out.
+    env.stop();
+    gdb.remount("rw");
+    env.start();
+    assert!(
+        env.wait_for(Duration::from_secs(10), || env.events("R-RO").iter().any(|e| e == "hidden")),
+        "{:?}\n{}",
+        env.events("R-RO"),
+        env.daemon_log()
+    );
+    assert!(listing(&env, Who::Root).is_empty());
+    let log = log_records(&env, "R-RO");
+    let hidden = log.iter().rev().find(|r| r["event"] == "hidden").expect("a hidden record");
+    let reason = hidden["details"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("mode = \"staged\"") && reason.contains("chattr +i"), "{hidden}");
+    // And read-only again, the next start brings it back.
+    env.stop();
+    gdb.remount("ro");
+    env.start();
+    assert!(env.wait_for(Duration::from_secs(10), || std::path::Path::new(&file).exists()));
+    let out = run_as(Who::Dept(UID_A1), &["sha256sum", &file]).ok();
+    assert!(out.stdout.starts_with(&env.file("GDB-0001").sha256), "{out}");
 }
 
 // ---------------------------------------------------------------- 9. reader inside a closing case

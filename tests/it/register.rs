@@ -726,6 +726,8 @@ fn a_gdb_file_that_changed_blocks_the_case() {
 fn direct_mode_exports_without_staging_copies() {
     let env = Env::ready_with(|o| o.mode = Some("direct".into()));
     env.cli(&["status"]).ok().stdout_has("mode        direct");
+    // Direct mode serves only GDB files that cannot change under a reader.
+    let _immutable = Immutable::set(&["GDB-0001", "GDB-0005", "GDB-0006"].map(|id| env.gdb_path(id)));
     exported(&env, "DIR-1", ALICE, &["GDB-0001", "sample two R1.fastq", "S3.spring"]);
     assert!(!env.staging_dir("DIR-1").exists());
     let staged: Vec<_> = std::fs::read_dir(env.state.join("staging"))
@@ -742,13 +744,17 @@ fn direct_mode_exports_without_staging_copies() {
     .ok();
     env.cli(&["case", "close", "DIR-1"]).ok();
     assert!(env.sealed_log("DIR-1").is_file());
-    // A changed GDB file blocks in direct mode too.
+    // A changed GDB file blocks in direct mode too, immutable or not.
     open(&env, "DIR-2", ALICE, &["GDB-0002"]).ok();
     let p = env.gdb_path("GDB-0002");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&p, &bytes).unwrap();
-    env.cli(&["case", "approve", "DIR-2"]).fails().stderr_has("blocked");
+    let _changed = Immutable::set(&[p]);
+    env.cli(&["case", "approve", "DIR-2"])
+        .fails()
+        .stderr_has("blocked")
+        .stderr_has("sha256");
 }
 
 // ---------------------------------------------------------------- roles
