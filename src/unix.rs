@@ -40,6 +40,19 @@ pub fn user_name(uid: u32) -> String {
     }
 }
 
+/// Who is asking, from the kernel's credentials: a control-socket peer
+/// (SO_PEERCRED) or a FUSE request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// Supplementary groups where the kernel passed them (SO_PEERGROUPS on
+    /// the socket); empty for FUSE requests, whose groups [`ProcStaff`] reads
+    /// from `/proc` when it must.
+    pub groups: Vec<u32>,
+}
+
 /// Caches uid → name for the paths (FUSE open, socket requests) that log the
 /// caller's name for every operation.
 #[derive(Clone)]
@@ -100,13 +113,12 @@ impl ProcStaff {
         }
     }
 
-    /// Whether the process `pid`, running as `uid` with primary group `gid`, is staff.
+    /// Whether the process `pid`, running as `uid` with primary group `gid`,
+    /// is staff, by the one staff rule ([`crate::domain::authz::is_staff`]).
     pub fn is_member(&self, uid: u32, gid: u32, pid: u32) -> bool {
-        if uid == 0 || gid == self.staff_gid {
-            return true;
-        }
+        use crate::domain::authz::is_staff;
         let staff = self.staff_gid;
-        self.cache.get_with((pid, uid), || process_groups(pid).contains(&staff))
+        is_staff(uid, gid, &[], staff) || self.cache.get_with((pid, uid), || is_staff(uid, gid, &process_groups(pid), staff))
     }
 }
 

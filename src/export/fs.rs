@@ -42,7 +42,7 @@ pub enum FsError {
     #[error("the case was closed while the file was open")]
     Revoked,
     #[error("the access record could not be written: {0}")]
-    AuditFailed(String),
+    AuditFailed(#[source] AccessLogError),
     #[error("the backing file is not the verified one: {0}")]
     Integrity(String),
     #[error("direct mode serves only files that cannot change under a reader: the GDB file {0}")]
@@ -53,13 +53,8 @@ pub enum FsError {
     Io(#[from] std::io::Error),
 }
 
-/// The kernel's view of who asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-}
+use crate::sync as lock;
+pub use crate::unix::Caller;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -91,9 +86,12 @@ pub struct Access {
     pub staff: bool,
 }
 
+/// Why an access could not be recorded (the log's own error, kept as the source).
+pub type AccessLogError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where accesses are recorded. `opened` must succeed before the open does.
 pub trait AccessLog: Send + Sync {
-    fn opened(&self, a: &Access) -> Result<(), String>;
+    fn opened(&self, a: &Access) -> Result<(), AccessLogError>;
     fn released(&self, a: &Access, bytes_read: u64, size: u64);
 }
 
@@ -177,7 +175,7 @@ impl ExportFs {
     }
 
     fn node(&self, ino: u64) -> Option<Node> {
-        self.table.read().ok().and_then(|t| t.get(ino).cloned())
+        lock::read(&self.table).get(ino).cloned()
     }
 
     fn root_attr(&self) -> Attr {
@@ -234,7 +232,7 @@ impl ExportFs {
 
     /// Looks a name up; returns the attributes and how long the kernel may cache the entry.
     pub fn lookup(&self, c: &Caller, parent: u64, name: &str) -> Result<(Attr, Duration), FsError> {
-        let t = self.table.read().map_err(|_| FsError::NotFound)?;
+        let t = lock::read(&self.table);
         if parent == ROOT {
             let dir = t.case_dir(name).ok_or(FsError::NotFound)?;
             let node = t.get(dir).ok_or(FsError::NotFound)?;
@@ -268,7 +266,7 @@ impl ExportFs {
 
     /// Opens a directory: the listing is taken now, for this caller.
     pub fn opendir(&self, c: &Caller, ino: u64) -> Result<u64, FsError> {
-        let t = self.table.read().map_err(|_| FsError::NotFound)?;
+        let t = lock::read(&self.table);
         let entries = if ino == ROOT {
             t.cases()
                 .filter_map(|(name, dir)| {
@@ -298,16 +296,14 @@ impl ExportFs {
         };
         drop(t);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut d) = self.dirs.lock() {
-            d.insert(fh, DirHandle { entries });
-        }
+        lock::lock(&self.dirs).insert(fh, DirHandle { entries });
         Ok(fh)
     }
 
     /// Entries from `offset` on: (inode, kind, name, offset of the next entry).
     /// `.` and `..` come first.
     pub fn readdir(&self, dir_ino: u64, fh: u64, offset: u64) -> Result<Vec<(u64, Kind, String, u64)>, FsError> {
-        let d = self.dirs.lock().map_err(|_| FsError::BadHandle)?;
+        let d = lock::lock(&self.dirs);
         let h = d.get(&fh).ok_or(FsError::BadHandle)?;
         let mut all = vec![(dir_ino, Kind::Dir, ".".to_string()), (ROOT, Kind::Dir, "..".to_string())];
         all.extend(h.entries.iter().cloned());
@@ -320,14 +316,12 @@ impl ExportFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        if let Ok(mut d) = self.dirs.lock() {
-            d.remove(&fh);
-        }
+        lock::lock(&self.dirs).remove(&fh);
     }
 
     /// The flag shared by a visible case's open files; none once it left.
     fn revoked_flag(&self, case_ref: &str) -> Option<Arc<AtomicBool>> {
-        self.revoked.lock().ok().and_then(|m| m.get(case_ref).cloned())
+        lock::lock(&self.revoked).get(case_ref).cloned()
     }
 
     /// Opens a file read-only. The access is recorded before the open
@@ -336,7 +330,7 @@ impl ExportFs {
         // The node and its case's revocation flag are read together, so an
         // open cannot pair a replaced node with the new version's flag.
         let (node, revoked) = {
-            let t = self.table.read().map_err(|_| FsError::NotFound)?;
+            let t = lock::read(&self.table);
             let node = t.get(ino).cloned().ok_or(FsError::NotFound)?;
             let revoked = self.revoked_flag(&node.case().case_ref).ok_or(FsError::NotFound)?;
             (node, revoked)
@@ -406,9 +400,7 @@ impl ExportFs {
             read: AtomicU64::new(0),
             revoked,
         });
-        if let Ok(mut f) = self.files.lock() {
-            f.insert(fh, open);
-        }
+        lock::lock(&self.files).insert(fh, open);
         self.open_files.fetch_add(1, Ordering::Relaxed);
         Ok((fh, file))
     }
@@ -424,13 +416,7 @@ impl ExportFs {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let f = self
-            .files
-            .lock()
-            .map_err(|_| FsError::BadHandle)?
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
+        let f = lock::lock(&self.files).get(&fh).cloned().ok_or(FsError::BadHandle)?;
         if f.revoked.load(Ordering::Acquire) {
             return Err(FsError::Revoked);
         }
@@ -469,7 +455,7 @@ impl ExportFs {
     /// Bytes delivered through a passthrough open are read by the kernel
     /// without us, so only user-space opens get a read record.
     pub fn release(&self, fh: u64, passthrough: bool) {
-        let f = self.files.lock().ok().and_then(|mut m| m.remove(&fh));
+        let f = lock::lock(&self.files).remove(&fh);
         if let Some(f) = f {
             self.open_files.fetch_sub(1, Ordering::Relaxed);
             if !passthrough {
@@ -520,7 +506,7 @@ impl ExportFs {
     }
 
     pub fn case_count(&self) -> usize {
-        self.table.read().map(|t| t.cases().count()).unwrap_or(0)
+        lock::read(&self.table).cases().count()
     }
 }
 
@@ -546,24 +532,20 @@ use std::os::unix::fs::OpenOptionsExt;
 impl ExportListener for ExportFs {
     fn published(&self, case: &ExportedCase) {
         let case = Arc::new(case.clone());
-        let replaced = match self.table.write() {
-            Ok(mut t) => {
-                let existed = t.case_dir(&case.case_ref).is_some();
-                let (_, replaced) = t.insert(case.clone());
-                // Files opened under an earlier version of the case (another owner,
-                // say) must not go on reading: their flag is set, new opens get a
-                // new one. Swapped while the table is still locked, so no open
-                // can pair the new node with the old flag (same lock order as open).
-                if !existed || replaced.is_some() {
-                    if let Ok(mut m) = self.revoked.lock() {
-                        if let Some(old) = m.insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false))) {
-                            old.store(true, Ordering::Release);
-                        }
-                    }
+        let replaced = {
+            let mut t = lock::write(&self.table);
+            let existed = t.case_dir(&case.case_ref).is_some();
+            let (_, replaced) = t.insert(case.clone());
+            // Files opened under an earlier version of the case (another owner,
+            // say) must not go on reading: their flag is set, new opens get a
+            // new one. Swapped while the table is still locked, so no open
+            // can pair the new node with the old flag (same lock order as open).
+            if !existed || replaced.is_some() {
+                if let Some(old) = lock::lock(&self.revoked).insert(case.case_ref.clone(), Arc::new(AtomicBool::new(false))) {
+                    old.store(true, Ordering::Release);
                 }
-                replaced
             }
-            Err(_) => None,
+            replaced
         };
         if let Some(r) = replaced {
             self.invalidate(&r);
@@ -574,10 +556,10 @@ impl ExportListener for ExportFs {
     }
 
     fn withdrawn(&self, case: &ExportedCase) {
-        if let Some(flag) = self.revoked.lock().ok().and_then(|mut m| m.remove(&case.case_ref)) {
+        if let Some(flag) = lock::lock(&self.revoked).remove(&case.case_ref) {
             flag.store(true, Ordering::Release);
         }
-        let removed = self.table.write().ok().and_then(|mut t| t.remove(&case.case_ref));
+        let removed = lock::write(&self.table).remove(&case.case_ref);
         match removed {
             Some(r) => self.invalidate(&r),
             None => warn!(case = %case.case_ref, "withdrawn case was not in the mount"),
@@ -609,15 +591,16 @@ mod tests {
         released: Mutex<Vec<(Access, u64)>>,
     }
     impl AccessLog for FakeLog {
-        fn opened(&self, a: &Access) -> Result<(), String> {
+        fn opened(&self, a: &Access) -> Result<(), AccessLogError> {
             if self.fail.load(Ordering::Relaxed) {
-                return Err("disk full".into());
+                return Err(std::io::Error::other("disk full").into());
             }
-            self.opened.lock().map_err(|e| e.to_string())?.push(a.clone());
+            lock::lock(&self.opened).push(a.clone());
             Ok(())
         }
         fn released(&self, a: &Access, bytes: u64, _size: u64) {
-            if let Ok(mut r) = self.released.lock() {
+            {
+                let mut r = lock::lock(&self.released);
                 r.push((a.clone(), bytes));
             }
         }
@@ -687,7 +670,12 @@ mod tests {
     }
 
     fn who(uid: u32) -> Caller {
-        Caller { uid, gid: uid, pid: 4242 }
+        Caller {
+            uid,
+            gid: uid,
+            pid: 4242,
+            groups: Vec::new(),
+        }
     }
 
     fn list(fs: &ExportFs, c: &Caller, ino: u64) -> Result<Vec<String>, FsError> {
@@ -745,10 +733,10 @@ mod tests {
             list(&f.fs, &a, dir.ino).ok(),
             Some(vec!["a b.fastq.gz".into(), "x.spring".into(), "SHA256SUMS".into()])
         );
-        let opened = f.log.opened.lock().map(|v| v.clone()).unwrap_or_default();
+        let opened = lock::lock(&f.log.opened).clone();
         assert_eq!(opened.len(), 2);
         assert!(!opened[0].staff && opened[1].staff);
-        let released = f.log.released.lock().map(|v| v.clone()).unwrap_or_default();
+        let released = lock::lock(&f.log.released).clone();
         assert_eq!(released[0].1, content("R-A", "a b.fastq.gz").len() as u64);
     }
 
@@ -836,7 +824,7 @@ mod tests {
             "{:?}",
             refused.map(|o| o.0)
         );
-        assert_eq!(f.log.opened.lock().map(|v| v.len()).ok(), Some(0), "a refused open was recorded");
+        assert_eq!(lock::lock(&f.log.opened).len(), 0, "a refused open was recorded");
         assert_eq!(f.fs.open_files.load(Ordering::Relaxed), 0);
         if !crate::gdb::test_support::privileged() {
             eprintln!("not root: the immutable attribute is not tried");

@@ -39,6 +39,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        groups: Vec::new(),
     }
 }
 

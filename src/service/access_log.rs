@@ -4,7 +4,7 @@ use super::Service;
 use crate::audit::{EventKind, NewEvent};
 use crate::db::Store;
 use crate::domain::case::CaseState;
-use crate::export::fs::{Access, AccessLog};
+use crate::export::fs::{Access, AccessLog, AccessLogError};
 use crate::unix::NameCache;
 use serde_json::json;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ impl StoreAccessLog {
 }
 
 impl AccessLog for StoreAccessLog {
-    fn opened(&self, a: &Access) -> Result<(), String> {
+    fn opened(&self, a: &Access) -> Result<(), AccessLogError> {
         let actor = self.names.actor(a.uid);
         let details = json!({"file": a.file, "file_id": a.file_id, "pid": a.pid, "staff": a.staff});
         self.rt
@@ -38,7 +38,7 @@ impl AccessLog for StoreAccessLog {
                 NewEvent::new(&actor, EventKind::FileOpened, details),
             ))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(AccessLogError::from)
     }
 
     fn released(&self, a: &Access, bytes_read: u64, size: u64) {

@@ -30,14 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use tracing::{error, info};
 
-/// Who is on the other end of a request, from the kernel's credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-    pub groups: Vec<u32>,
-}
+pub use crate::unix::Caller;
 
 /// Counters the mount updates and `status` reports.
 #[derive(Debug, Default)]
