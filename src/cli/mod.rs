@@ -1,0 +1,135 @@
+//! The `workcopy` command line: clap definitions, and human and `--json`
+//! output. Every command but `serve` (and `audit verify --file`) talks to the
+//! daemon over the control socket.
+
+mod args;
+mod audit;
+mod case;
+mod catalog;
+mod docs;
+mod render;
+mod status;
+
+pub use args::Cli;
+
+use crate::config::Config;
+use crate::control::client::{Client, ClientError};
+use crate::control::proto::{Refusal, Reply, Request};
+use args::{AuditCmd, CatalogCmd, Command};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Why a command failed, with its exit status.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn refused(m: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: m.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Failure {
+        Failure::refused(r.message)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = if matches!(e, ClientError::Connect { .. }) { 3 } else { 1 };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::refused(format!("{e:#}"))
+    }
+}
+
+pub fn init_logging(verbose: u8, default: &str) {
+    let filter = std::env::var("WORKCOPY_LOG").ok().unwrap_or_else(|| match verbose {
+        0 => default.to_string(),
+        1 => "info".into(),
+        _ => "debug".into(),
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = run(cli);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let one_line = f.message.lines().next().unwrap_or("").to_string();
+            let rest: Vec<&str> = f.message.lines().skip(1).collect();
+            eprintln!("workcopy: {one_line}");
+            for l in rest {
+                eprintln!("{l}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    Config::load(&Config::locate(cli.config.as_deref())).map_err(|e| Failure::refused(e.to_string()))
+}
+
+fn socket_path(cli: &Cli) -> Result<PathBuf, Failure> {
+    match &cli.socket {
+        Some(s) => Ok(s.clone()),
+        None => Ok(load_config(cli)?.socket),
+    }
+}
+
+fn call(cli: &Cli, req: &Request) -> Result<Reply, Failure> {
+    let mut c = Client::connect(&socket_path(cli)?)?;
+    Ok(c.call(req)??)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve => {
+            init_logging(cli.verbose, "info");
+            let cfg = load_config(&cli)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::refused(format!("cannot start the runtime: {e}")))?;
+            let result = rt.block_on(crate::daemon::serve(cfg));
+            // Staging or hashing still running must not hold up the stop.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            result?;
+            Ok(())
+        }
+        Command::Status(j) => status::run(&cli, j),
+        Command::Catalog(CatalogCmd::Import { file }) => catalog::import(&cli, file),
+        Command::Catalog(CatalogCmd::Show { descriptor, json }) => catalog::show(&cli, descriptor, *json),
+        Command::Case(cmd) => case::run(&cli, cmd),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { dir } => docs::man(dir),
+        Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
+        Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+    }
+}
+
+fn unexpected() -> Failure {
+    Failure::refused("the daemon sent an unexpected reply (are the CLI and daemon the same version?)")
+}
