@@ -19,7 +19,6 @@ use args::{AuditCmd, CatalogCmd, Command};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Why a command failed, with its exit status.
 struct Failure {
@@ -58,19 +57,6 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-pub fn init_logging(verbose: u8, default: &str) {
-    let filter = std::env::var("WORKCOPY_LOG").ok().unwrap_or_else(|| match verbose {
-        0 => default.to_string(),
-        1 => "info".into(),
-        _ => "debug".into(),
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = run(cli);
@@ -106,19 +92,7 @@ fn call(cli: &Cli, req: &Request) -> Result<Reply, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Serve => {
-            init_logging(cli.verbose, "info");
-            let cfg = load_config(&cli)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::refused(format!("cannot start the runtime: {e}")))?;
-            let result = rt.block_on(crate::daemon::serve(cfg));
-            // Staging or hashing still running must not hold up the stop.
-            rt.shutdown_timeout(Duration::from_secs(5));
-            result?;
-            Ok(())
-        }
+        Command::Serve => Ok(crate::daemon::run_serve(load_config(&cli)?, cli.verbose)?),
         Command::Status(j) => status::run(&cli, j),
         Command::Catalog(CatalogCmd::Import { file }) => catalog::import(&cli, file),
         Command::Catalog(CatalogCmd::Show { descriptor, json }) => catalog::show(&cli, descriptor, *json),
