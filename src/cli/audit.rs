@@ -2,8 +2,8 @@
 //! log file on its own.
 
 use super::render::print_json;
-use super::{Cli, Failure, call, unexpected};
-use crate::control::proto::{Reply, Request};
+use super::{Cli, Failure, call, reply};
+use crate::control::proto::Request;
 use std::path::Path;
 
 /// Checks one sealed case log file; needs no daemon.
@@ -23,9 +23,7 @@ pub(super) fn verify_file(path: &Path, json: bool) -> Result<(), Failure> {
 }
 
 pub(super) fn verify(cli: &Cli, json: bool) -> Result<(), Failure> {
-    let Reply::Audit(a) = call(cli, &Request::AuditVerify)? else {
-        return Err(unexpected());
-    };
+    let a = call(cli, &Request::AuditVerify, reply::audit)?;
     if json {
         print_json(&a)?;
     } else if a.failures.is_empty() {

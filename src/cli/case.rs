@@ -3,9 +3,8 @@
 
 use super::args::CaseCmd;
 use super::render::{print_case, print_json, print_report, print_table, progress_line};
-use super::{Cli, Failure, call, socket_path, unexpected};
-use crate::control::client::Client;
-use crate::control::proto::{Reply, Request};
+use super::{Cli, Daemon, Failure, call, reply};
+use crate::control::proto::Request;
 use crate::domain::case::CaseState;
 use crate::domain::verify::RequestForm;
 use std::io::{IsTerminal, Read, Write};
@@ -50,16 +49,14 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 submitter: submitter.clone(),
                 descriptors: all,
             };
-            let Reply::Case(v) = call(
+            let v = call(
                 cli,
                 &Request::CaseOpen {
                     case_ref: case_ref.clone(),
                     form,
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+                reply::case,
+            )?;
             if *json {
                 print_json(&v)?;
             } else {
@@ -75,15 +72,13 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
             }
         }
         CaseCmd::Approve { case_ref, no_wait } => {
-            let Reply::Case(v) = call(
+            let v = call(
                 cli,
                 &Request::CaseApprove {
                     case_ref: case_ref.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+                reply::case,
+            )?;
             if *no_wait {
                 println!("case {} approved; staging started", v.case.case_ref);
                 return Ok(());
@@ -97,6 +92,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                     case_ref: case_ref.clone(),
                     reason: reason.clone(),
                 },
+                reply::done,
             )?;
             println!("case {case_ref} rejected; its log is sealed");
             Ok(())
@@ -109,6 +105,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                     case_ref: case_ref.clone(),
                     sha256sums: sums,
                 },
+                reply::done,
             )?;
             println!("case {case_ref}: receipt confirmed, every file matched");
             Ok(())
@@ -121,14 +118,13 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                     force: *force,
                     reason: reason.clone(),
                 },
+                reply::done,
             )?;
             println!("case {case_ref} closed: removed from the mount, staging deleted, log sealed");
             Ok(())
         }
         CaseCmd::List { state, json } => {
-            let Reply::Cases { cases } = call(cli, &Request::CaseList { state: *state })? else {
-                return Err(unexpected());
-            };
+            let cases = call(cli, &Request::CaseList { state: *state }, reply::cases)?;
             if *json {
                 return print_json(&cases);
             }
@@ -148,15 +144,13 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
             Ok(())
         }
         CaseCmd::Show { case_ref, json } => {
-            let Reply::Case(v) = call(
+            let v = call(
                 cli,
                 &Request::CaseShow {
                     case_ref: case_ref.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+                reply::case,
+            )?;
             if *json {
                 return print_json(&v);
             }
@@ -164,15 +158,13 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
             Ok(())
         }
         CaseCmd::Log { case_ref, json } => {
-            let Reply::Log { records } = call(
+            let records = call(
                 cli,
                 &Request::CaseLog {
                     case_ref: case_ref.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+                reply::log,
+            )?;
             if *json {
                 return print_json(&records);
             }
@@ -200,14 +192,14 @@ fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
     // An approved case with no staging job running is stuck (the daemon
     // could not record the end of staging); say so instead of waiting forever.
     let mut idle_since: Option<Instant> = None;
-    let mut c = Client::connect(&socket_path(cli)?)?;
+    let mut daemon = Daemon::connect(cli)?;
     loop {
-        let Reply::Case(v) = c.call(&Request::CaseShow {
-            case_ref: case_ref.to_string(),
-        })??
-        else {
-            return Err(unexpected());
-        };
+        let v = daemon.call(
+            &Request::CaseShow {
+                case_ref: case_ref.to_string(),
+            },
+            reply::case,
+        )?;
         // The state and the mount are read one after the other: done only when both say so.
         let readable = v.case.state == CaseState::Exported && v.visible;
         match v.case.state {

@@ -1,19 +1,17 @@
 //! `workcopy catalog import` and `workcopy catalog show`.
 
 use super::render::{print_json, print_table};
-use super::{Cli, Failure, call, socket_path, unexpected};
-use crate::control::client::Client;
-use crate::control::proto::{Reply, Request};
+use super::{Cli, Daemon, Failure, call, reply};
+use crate::control::proto::Request;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
 pub(super) fn import(cli: &Cli, file: &Path) -> Result<(), Failure> {
     let f = std::fs::File::open(file).map_err(|e| Failure::refused(format!("cannot open {}: {e}", file.display())))?;
-    let mut c = Client::connect(&socket_path(cli)?)?;
+    let mut daemon = Daemon::connect(cli)?;
     let started = Instant::now();
-    let reply = c.call_with_fds(&Request::CatalogImport, &[f.as_raw_fd()])??;
-    let Reply::Imported(s) = reply else { return Err(unexpected()) };
+    let s = daemon.call_with_fds(&Request::CatalogImport, &[f.as_raw_fd()], reply::imported)?;
     println!(
         "imported {} rows in {:.1}s: {} added, {} updated, {} unchanged; the catalog holds {} files",
         s.rows,
@@ -27,15 +25,13 @@ pub(super) fn import(cli: &Cli, file: &Path) -> Result<(), Failure> {
 }
 
 pub(super) fn show(cli: &Cli, descriptor: &str, json: bool) -> Result<(), Failure> {
-    let Reply::Files { files } = call(
+    let files = call(
         cli,
         &Request::CatalogShow {
             descriptor: descriptor.to_string(),
         },
-    )?
-    else {
-        return Err(unexpected());
-    };
+        reply::files,
+    )?;
     if json {
         return print_json(&files);
     }

@@ -17,6 +17,7 @@ use crate::control::client::{Client, ClientError};
 use crate::control::proto::{Refusal, Reply, Request};
 use args::{AuditCmd, CatalogCmd, Command};
 use clap::Parser;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -85,9 +86,91 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, Failure> {
     }
 }
 
-fn call(cli: &Cli, req: &Request) -> Result<Reply, Failure> {
-    let mut c = Client::connect(&socket_path(cli)?)?;
-    Ok(c.call(req)??)
+/// A connection to the daemon whose replies come back typed.
+struct Daemon(Client);
+
+impl Daemon {
+    fn connect(cli: &Cli) -> Result<Daemon, Failure> {
+        Ok(Daemon(Client::connect(&socket_path(cli)?)?))
+    }
+
+    /// Sends `req` and takes the reply it expects out with `extract` (one of [`reply`]'s functions).
+    fn call<T>(&mut self, req: &Request, extract: fn(Reply) -> Option<T>) -> Result<T, Failure> {
+        self.call_with_fds(req, &[], extract)
+    }
+
+    /// [`Daemon::call`] with file descriptors passed beside the request.
+    fn call_with_fds<T>(&mut self, req: &Request, fds: &[RawFd], extract: fn(Reply) -> Option<T>) -> Result<T, Failure> {
+        let reply = self.0.call_with_fds(req, fds)??;
+        extract(reply).ok_or_else(|| Failure::refused("the daemon sent an unexpected reply (are the CLI and daemon the same version?)"))
+    }
+}
+
+/// One request on a connection of its own.
+fn call<T>(cli: &Cli, req: &Request, extract: fn(Reply) -> Option<T>) -> Result<T, Failure> {
+    Daemon::connect(cli)?.call(req, extract)
+}
+
+/// What each request expects back: `None` for any other reply.
+mod reply {
+    use crate::audit::EventRecord;
+    use crate::control::proto::{AuditReport, CaseView, Reply, StatusReply};
+    use crate::db::{CaseRecord, ImportSummary};
+    use crate::domain::catalog::CatalogFile;
+
+    /// Requests whose reply is not shown: any reply means done.
+    pub(super) fn done(_: Reply) -> Option<()> {
+        Some(())
+    }
+
+    pub(super) fn status(r: Reply) -> Option<StatusReply> {
+        match r {
+            Reply::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn imported(r: Reply) -> Option<ImportSummary> {
+        match r {
+            Reply::Imported(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn files(r: Reply) -> Option<Vec<CatalogFile>> {
+        match r {
+            Reply::Files { files } => Some(files),
+            _ => None,
+        }
+    }
+
+    pub(super) fn case(r: Reply) -> Option<Box<CaseView>> {
+        match r {
+            Reply::Case(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(super) fn cases(r: Reply) -> Option<Vec<CaseRecord>> {
+        match r {
+            Reply::Cases { cases } => Some(cases),
+            _ => None,
+        }
+    }
+
+    pub(super) fn log(r: Reply) -> Option<Vec<EventRecord>> {
+        match r {
+            Reply::Log { records } => Some(records),
+            _ => None,
+        }
+    }
+
+    pub(super) fn audit(r: Reply) -> Option<AuditReport> {
+        match r {
+            Reply::Audit(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -102,8 +185,4 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
     }
-}
-
-fn unexpected() -> Failure {
-    Failure::refused("the daemon sent an unexpected reply (are the CLI and daemon the same version?)")
 }

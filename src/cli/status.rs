@@ -2,13 +2,11 @@
 
 use super::args::JsonFlag;
 use super::render::print_json;
-use super::{Cli, Failure, call, unexpected};
-use crate::control::proto::{Reply, Request};
+use super::{Cli, Failure, call, reply};
+use crate::control::proto::Request;
 
 pub(super) fn run(cli: &Cli, j: &JsonFlag) -> Result<(), Failure> {
-    let Reply::Status(s) = call(cli, &Request::Status)? else {
-        return Err(unexpected());
-    };
+    let s = call(cli, &Request::Status, reply::status)?;
     if j.json {
         return print_json(&s);
     }
