@@ -1,7 +1,7 @@
 //! `workcopy audit verify`: every case log through the daemon, or one sealed
 //! log file on its own.
 
-use super::render::print_json;
+use super::render::{self, print};
 use super::{Cli, Failure, call, reply};
 use crate::control::proto::Request;
 use std::path::Path;
@@ -12,10 +12,9 @@ pub(super) fn verify_file(path: &Path, json: bool) -> Result<(), Failure> {
     match crate::audit::verify_sealed(&text) {
         Ok((case_ref, n)) => {
             if json {
-                print_json(&serde_json::json!({"ok": true, "case": case_ref, "records": n}))
+                print(|o| render::json(o, &serde_json::json!({"ok": true, "case": case_ref, "records": n})))
             } else {
-                println!("ok: sealed log of case {case_ref}, {n} records, chain intact");
-                Ok(())
+                print(|o| render::sealed_log_intact(o, &case_ref, n))
             }
         }
         Err(e) => Err(Failure::refused(format!("{}: {e}", path.display()))),
@@ -25,12 +24,9 @@ pub(super) fn verify_file(path: &Path, json: bool) -> Result<(), Failure> {
 pub(super) fn verify(cli: &Cli, json: bool) -> Result<(), Failure> {
     let a = call(cli, &Request::AuditVerify, reply::audit)?;
     if json {
-        print_json(&a)?;
+        print(|o| render::json(o, &a))?;
     } else if a.failures.is_empty() {
-        println!(
-            "ok: {} case logs, {} records, {} sealed files; every chain intact",
-            a.cases, a.records, a.sealed_files
-        );
+        print(|o| render::audit_intact(o, &a))?;
     }
     if a.failures.is_empty() {
         Ok(())

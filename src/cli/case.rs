@@ -2,26 +2,14 @@
 //! confirm, close, list, show and log.
 
 use super::args::CaseCmd;
-use super::render::{print_case, print_json, print_report, print_table, progress_line};
+use super::render::{self, print};
 use super::{Cli, Daemon, Failure, call, reply};
 use crate::control::proto::Request;
 use crate::domain::case::CaseState;
 use crate::domain::verify::RequestForm;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn read_input(path: &Path) -> Result<String, Failure> {
-    let mut s = String::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Failure::refused(format!("cannot read stdin: {e}")))?;
-    } else {
-        s = std::fs::read_to_string(path).map_err(|e| Failure::refused(format!("cannot read {}: {e}", path.display())))?;
-    }
-    Ok(s)
-}
 
 pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
     match cmd {
@@ -58,9 +46,9 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 reply::case,
             )?;
             if *json {
-                print_json(&v)?;
+                print(|o| render::json(o, &v))?;
             } else {
-                print_report(&v);
+                print(|o| render::report(o, &v))?;
             }
             if v.case.verified {
                 Ok(())
@@ -80,8 +68,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 reply::case,
             )?;
             if *no_wait {
-                println!("case {} approved; staging started", v.case.case_ref);
-                return Ok(());
+                return print(|o| render::staging_started(o, &v.case.case_ref));
             }
             wait_for_export(cli, case_ref)
         }
@@ -94,8 +81,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 },
                 reply::done,
             )?;
-            println!("case {case_ref} rejected; its log is sealed");
-            Ok(())
+            print(|o| render::rejected(o, case_ref))
         }
         CaseCmd::Confirm { case_ref, sha256sums } => {
             let sums = read_input(sha256sums)?;
@@ -107,8 +93,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 },
                 reply::done,
             )?;
-            println!("case {case_ref}: receipt confirmed, every file matched");
-            Ok(())
+            print(|o| render::confirmed(o, case_ref))
         }
         CaseCmd::Close { case_ref, force, reason } => {
             call(
@@ -120,28 +105,15 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 },
                 reply::done,
             )?;
-            println!("case {case_ref} closed: removed from the mount, staging deleted, log sealed");
-            Ok(())
+            print(|o| render::closed(o, case_ref))
         }
         CaseCmd::List { state, json } => {
             let cases = call(cli, &Request::CaseList { state: *state }, reply::cases)?;
             if *json {
-                return print_json(&cases);
+                print(|o| render::json(o, &cases))
+            } else {
+                print(|o| render::cases(o, &cases))
             }
-            let rows: Vec<Vec<String>> = cases
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.case_ref.clone(),
-                        c.state.to_string(),
-                        c.department.clone().unwrap_or_else(|| "-".into()),
-                        c.requester.clone(),
-                        c.created_at.clone(),
-                    ]
-                })
-                .collect();
-            print_table(&["REF", "STATE", "DEPARTMENT", "REQUESTER", "OPENED"], &rows);
-            Ok(())
         }
         CaseCmd::Show { case_ref, json } => {
             let v = call(
@@ -152,10 +124,10 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 reply::case,
             )?;
             if *json {
-                return print_json(&v);
+                print(|o| render::json(o, &v))
+            } else {
+                print(|o| render::case(o, &v))
             }
-            print_case(&v);
-            Ok(())
         }
         CaseCmd::Log { case_ref, json } => {
             let records = call(
@@ -166,26 +138,29 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 reply::log,
             )?;
             if *json {
-                return print_json(&records);
+                print(|o| render::json(o, &records))
+            } else {
+                print(|o| render::log(o, &records))
             }
-            let rows: Vec<Vec<String>> = records
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.seq.to_string(),
-                        r.at.clone(),
-                        format!("{} ({})", r.actor, r.uid),
-                        r.event.clone(),
-                        r.details.to_string(),
-                    ]
-                })
-                .collect();
-            print_table(&["#", "TIME", "ACTOR", "EVENT", "DETAILS"], &rows);
-            Ok(())
         }
     }
 }
 
+/// A file's text, or standard input's for `-`.
+fn read_input(path: &Path) -> Result<String, Failure> {
+    let mut s = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Failure::refused(format!("cannot read stdin: {e}")))?;
+    } else {
+        s = std::fs::read_to_string(path).map_err(|e| Failure::refused(format!("cannot read {}: {e}", path.display())))?;
+    }
+    Ok(s)
+}
+
+/// Follows an approved case until its files are readable in the mount, with
+/// a progress line on a terminal.
 fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -215,21 +190,19 @@ fn wait_for_export(cli: &Cli, case_ref: &str) -> Result<(), Failure> {
                     idle_since = None;
                 }
                 if let (true, Some((done, total))) = (tty, v.staging) {
-                    eprint!("\r{}", progress_line(done, total, started.elapsed()));
-                    let _ = std::io::stderr().flush();
+                    render::progress(done, total, started.elapsed());
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             CaseState::Exported => {
                 if tty {
-                    eprintln!();
+                    render::progress_end();
                 }
-                println!("case {case_ref} exported: {} file(s) readable in the mount", v.files.len());
-                return Ok(());
+                return print(|o| render::exported(o, case_ref, v.files.len()));
             }
             CaseState::Blocked => {
                 if tty {
-                    eprintln!();
+                    render::progress_end();
                 }
                 return Err(Failure::refused(format!(
                     "case {case_ref} blocked: {}",

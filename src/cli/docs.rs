@@ -1,5 +1,6 @@
 //! `workcopy completions` and `workcopy man`: generated from the clap definitions.
 
+use super::render::{self, print};
 use super::{Cli, Failure};
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +10,7 @@ pub(super) fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "workcopy", &mut out);
     // A closed pipe (`| head`) is not an error worth a message.
-    let _ = std::io::stdout().write_all(&out);
+    let _ = print(|o| o.write_all(&out));
     Ok(())
 }
 
@@ -17,6 +18,5 @@ pub(super) fn man(dir: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(dir).map_err(|e| Failure::refused(format!("cannot create {}: {e}", dir.display())))?;
     let cmd = <Cli as clap::CommandFactory>::command();
     clap_mangen::generate_to(cmd, dir).map_err(|e| Failure::refused(format!("cannot write the manual pages: {e}")))?;
-    println!("manual pages written to {}", dir.display());
-    Ok(())
+    print(|o| render::man_pages_written(o, dir))
 }

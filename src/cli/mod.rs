@@ -1,6 +1,7 @@
-//! The `workcopy` command line: clap definitions, and human and `--json`
-//! output. Every command but `serve` (and `audit verify --file`) talks to the
-//! daemon over the control socket.
+//! The `workcopy` command line. Every command but `serve` (and `audit verify
+//! --file`, `completions` and `man`) talks to the daemon over the control
+//! socket. The clap definitions are in `args`, each command family has a
+//! module of its own, and `render` writes everything the user reads.
 
 mod args;
 mod audit;
@@ -34,6 +35,11 @@ impl Failure {
             message: m.into(),
         }
     }
+
+    /// A write to standard output failed.
+    fn output(e: std::io::Error) -> Failure {
+        Failure::refused(format!("cannot write the output: {e}"))
+    }
 }
 
 impl From<Refusal> for Failure {
@@ -60,16 +66,10 @@ impl From<anyhow::Error> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = run(cli);
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            let one_line = f.message.lines().next().unwrap_or("").to_string();
-            let rest: Vec<&str> = f.message.lines().skip(1).collect();
-            eprintln!("workcopy: {one_line}");
-            for l in rest {
-                eprintln!("{l}");
-            }
+            render::failure(&f.message);
             ExitCode::from(f.code)
         }
     }
