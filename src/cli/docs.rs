@@ -9,9 +9,7 @@ pub(super) fn completions(shell: clap_complete::Shell) -> Result<(), Failure> {
     let mut cmd = <Cli as clap::CommandFactory>::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "workcopy", &mut out);
-    // A closed pipe (`| head`) is not an error worth a message.
-    let _ = print(|o| o.write_all(&out));
-    Ok(())
+    print(|o| o.write_all(&out))
 }
 
 pub(super) fn man(dir: &Path) -> Result<(), Failure> {

@@ -22,15 +22,18 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Why a command failed, with its exit status.
-struct Failure {
-    code: u8,
-    message: String,
+/// Why a command failed.
+enum Failure {
+    /// Said on standard error; the command exits with `code`.
+    Failed { code: u8, message: String },
+    /// Standard output's reader has gone (`| head`, `| grep -q`): nobody is
+    /// left to tell, and the command ends the way coreutils do, by SIGPIPE.
+    ReaderGone,
 }
 
 impl Failure {
     fn refused(m: impl Into<String>) -> Failure {
-        Failure {
+        Failure::Failed {
             code: 1,
             message: m.into(),
         }
@@ -38,7 +41,11 @@ impl Failure {
 
     /// A write to standard output failed.
     fn output(e: std::io::Error) -> Failure {
-        Failure::refused(format!("cannot write the output: {e}"))
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::ReaderGone
+        } else {
+            Failure::refused(format!("cannot write the output: {e}"))
+        }
     }
 }
 
@@ -51,7 +58,7 @@ impl From<Refusal> for Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let code = if matches!(e, ClientError::Connect { .. }) { 3 } else { 1 };
-        Failure {
+        Failure::Failed {
             code,
             message: e.to_string(),
         }
@@ -68,11 +75,25 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            render::failure(&f.message);
-            ExitCode::from(f.code)
+        Err(Failure::Failed { code, message }) => {
+            render::failure(&message);
+            ExitCode::from(code)
         }
+        Err(Failure::ReaderGone) => end_by_sigpipe(),
     }
+}
+
+/// Ends the process as a write to a closed pipe ends coreutils: killed by
+/// SIGPIPE (the Rust runtime ignores it so that writes fail with EPIPE; only
+/// the command line chooses to die of it, the daemon never does).
+fn end_by_sigpipe() -> ExitCode {
+    use nix::sys::signal::{SigHandler, Signal, raise, signal};
+    // SAFETY: installs the default disposition; no handler of ours runs.
+    if unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.is_ok() {
+        let _ = raise(Signal::SIGPIPE);
+    }
+    // Still alive: SIGPIPE is blocked. Exit with the status a shell shows for it.
+    ExitCode::from(128 + Signal::SIGPIPE as u8)
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
@@ -184,5 +205,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn a_reader_that_went_away_is_no_error_message() {
+        assert!(matches!(
+            Failure::output(io::Error::from(io::ErrorKind::BrokenPipe)),
+            Failure::ReaderGone
+        ));
+        assert!(matches!(
+            Failure::output(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Failure::Failed { code: 1, .. }
+        ));
     }
 }
