@@ -136,8 +136,8 @@ fn call<T>(cli: &Cli, req: &Request, extract: fn(Reply) -> Option<T>) -> Result<
 mod reply {
     use crate::audit::EventRecord;
     use crate::control::proto::{AuditReport, CaseView, Reply, StatusReply};
-    use crate::db::{CaseRecord, ImportSummary};
-    use crate::domain::catalog::CatalogFile;
+    use crate::domain::case::CaseRecord;
+    use crate::domain::catalog::{CatalogFile, ImportSummary};
 
     /// Requests whose reply is not shown: any reply means done.
     pub(super) fn done(_: Reply) -> Option<()> {

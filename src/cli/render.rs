@@ -6,8 +6,8 @@
 use super::Failure;
 use crate::audit::EventRecord;
 use crate::control::proto::{AuditReport, CaseView, StatusReply};
-use crate::db::{CaseRecord, ImportSummary};
-use crate::domain::catalog::CatalogFile;
+use crate::domain::case::CaseRecord;
+use crate::domain::catalog::{CatalogFile, ImportSummary};
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
