@@ -1,6 +1,6 @@
-//! `workcopy serve`: loads config and directory, opens the case register,
-//! recovers, listens on the control socket, expires cases, and reloads the
-//! directory on SIGHUP until SIGTERM or SIGINT.
+//! `workcopy serve`: starts the runtime and logging, loads the directory,
+//! opens the case register, recovers, listens on the control socket, expires
+//! cases, and reloads the directory on SIGHUP until SIGTERM or SIGINT.
 
 use crate::config::Config;
 use crate::control::server;
@@ -15,6 +15,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
+
+/// Runs the daemon until SIGTERM or SIGINT: `workcopy serve`.
+pub fn run_serve(cfg: Config, verbose: u8) -> anyhow::Result<()> {
+    init_logging(verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let result = rt.block_on(serve(cfg));
+    // Staging or hashing still running must not hold up the stop.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// Logs to stderr at info (-v info, -vv debug); `WORKCOPY_LOG` overrides.
+fn init_logging(verbose: u8) {
+    let filter = std::env::var("WORKCOPY_LOG")
+        .ok()
+        .unwrap_or_else(|| if verbose < 2 { "info" } else { "debug" }.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
 
 /// Tells systemd (when it started us with `Type=notify`) how we are.
 pub fn sd_notify(state: &str) {

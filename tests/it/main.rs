@@ -4,13 +4,14 @@
 //! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
 //! service as systemd runs it (`systemd`); hostile local accounts (`abuse`);
 //! the CLI's output against
-//! checked-in snapshots (`snapshot`).
+//! checked-in snapshots (`snapshot`) and into a closed pipe (`cli_pipe`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod cli_pipe;
 mod common;
 mod mount;
 mod regional;

@@ -1,0 +1,182 @@
+//! The command line's clap definitions. Help texts, `after_help` and argument
+//! names here are what `workcopy --help`, `workcopy man` and `workcopy
+//! completions` print.
+
+use crate::domain::case::CaseState;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+A case from request form to close (staff):
+  workcopy catalog show HG00096_R1.fastq.gz               # look a file up
+  workcopy case open NGC-2026-0042 --requester alice@regionh.dk \\
+      --department RH-KGA --submitter RH-KGA HG00096_R1.fastq.gz HG00096_R2.fastq.gz
+  workcopy case approve NGC-2026-0042                     # stage, verify, export
+  workcopy case show NGC-2026-0042                        # state, files, pulls
+  workcopy case confirm NGC-2026-0042 --sha256sums received.sha256
+  workcopy case close NGC-2026-0042
+
+Exit status: 0 on success, 1 when the daemon refused or a check failed,
+2 on a usage error, 3 when the daemon cannot be reached.";
+
+#[derive(Parser, Debug)]
+#[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]
+pub struct Cli {
+    /// Config file [default: $WORKCOPY_CONFIG, else /etc/workcopy/workcopy.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Control socket to use instead of the config's `socket`
+    #[arg(long, global = true, value_name = "PATH", env = "WORKCOPY_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); WORKCOPY_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: mount the export, listen on the control socket
+    Serve,
+    /// Mount, mode, read path and cases per state (staff)
+    Status(JsonFlag),
+    /// The GDB catalog (staff)
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Register, approve, confirm and close cases
+    #[command(subcommand)]
+    Case(CaseCmd),
+    /// Check the case logs' hash chains
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example:\n  workcopy completions bash > /usr/share/bash-completion/completions/workcopy")]
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (workcopy.1 and one per command) into a directory
+    #[command(after_help = "Example:\n  workcopy man /usr/local/share/man/man1")]
+    Man { dir: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCmd {
+    /// Load or refresh the catalog from a TSV file; all or nothing
+    #[command(
+        after_help = "The first line names the columns (tab-separated, any order):\n  file_id path department size sha256 submitted_at\nExtra columns are kept. Files are added or updated by file_id, never removed.\nA file held by a live case cannot change its path, department, size, sha256\nor submitted_at. Any bad row is reported with its line number and nothing is imported.\n\nExample:\n  workcopy catalog import /srv/gdb/catalog.tsv"
+    )]
+    Import {
+        /// The catalog TSV
+        file: PathBuf,
+    },
+    /// Look up the files a descriptor (file_id, path or base name) matches
+    Show {
+        descriptor: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaseCmd {
+    /// Register a request and verify it: one report line per file
+    #[command(
+        after_help = "Each DESCRIPTOR is a GDB file_id, a path in the GDB, or a file's base name,\nand must match exactly one catalog file. The requester's department must be\nin the same user group as the department that submitted each file.\nExits non-zero when any file fails; such a case can never be approved.\n\nExample:\n  workcopy case open NGC-2026-0042 --requester alice@regionh.dk --files-from request.txt"
+    )]
+    Open {
+        /// The support system's reference number
+        case_ref: String,
+        /// The requesting user's id from the directory
+        #[arg(long)]
+        requester: String,
+        /// The requester's department as stated on the form
+        #[arg(long)]
+        department: Option<String>,
+        /// The submitting department as stated on the form
+        #[arg(long)]
+        submitter: Option<String>,
+        /// Read more descriptors from a file, one per line ('-' for stdin; '#' starts a comment)
+        #[arg(long, value_name = "PATH|-")]
+        files_from: Option<PathBuf>,
+        /// The requested files
+        descriptors: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stage and verify every file, then export the case; waits until it is readable
+    Approve {
+        case_ref: String,
+        /// Return as soon as staging has started
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Refuse a request
+    Reject {
+        case_ref: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Confirm receipt with the receiving side's `sha256sum` output
+    Confirm {
+        case_ref: String,
+        /// sha256sum output for every file of the case ('-' for stdin)
+        #[arg(long, value_name = "PATH|-")]
+        sha256sums: PathBuf,
+    },
+    /// Close a case: leaves the mount, staging deleted, log sealed
+    Close {
+        case_ref: String,
+        /// Close a case whose receipt was not confirmed
+        #[arg(long, requires = "reason")]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List cases (a transfer account sees its own department's)
+    List {
+        /// Only cases in this state (open, approved, blocked, exported, received, closed, rejected, expired)
+        #[arg(long, value_parser = parse_state)]
+        state: Option<CaseState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A case's state, files and verification report
+    Show {
+        case_ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A case's log (staff)
+    Log {
+        case_ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Walk every case log's hash chain, or check one sealed log file on its own
+    Verify {
+        /// A sealed case log (<state_dir>/caselogs/<REF>.jsonl); needs no daemon
+        #[arg(long, value_name = "SEALED_LOG")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_state(s: &str) -> Result<CaseState, String> {
+    CaseState::parse(s).ok_or_else(|| {
+        format!(
+            "unknown state {s:?}; one of {}",
+            CaseState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}

@@ -1,0 +1,32 @@
+//! `workcopy catalog import` and `workcopy catalog show`.
+
+use super::render::{self, print};
+use super::{Cli, Daemon, Failure, call, reply};
+use crate::control::proto::Request;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+/// Passes the open catalog file to the daemon, which reads it itself.
+pub(super) fn import(cli: &Cli, file: &Path) -> Result<(), Failure> {
+    let f = std::fs::File::open(file).map_err(|e| Failure::refused(format!("cannot open {}: {e}", file.display())))?;
+    let mut daemon = Daemon::connect(cli)?;
+    let started = Instant::now();
+    let s = daemon.call_with_fds(&Request::CatalogImport, &[f.as_raw_fd()], reply::imported)?;
+    print(|o| render::imported(o, &s, started.elapsed()))
+}
+
+pub(super) fn show(cli: &Cli, descriptor: &str, json: bool) -> Result<(), Failure> {
+    let files = call(
+        cli,
+        &Request::CatalogShow {
+            descriptor: descriptor.to_string(),
+        },
+        reply::files,
+    )?;
+    if json {
+        print(|o| render::json(o, &files))
+    } else {
+        print(|o| render::catalog_files(o, &files, descriptor))
+    }
+}

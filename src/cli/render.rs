@@ -1,0 +1,348 @@
+//! Everything the command line writes for its user: results on standard
+//! output (tables, the verification report, the case view, one-line
+//! confirmations, JSON) and, on standard error, the staging progress line and
+//! failures. The command modules decide what to say; this module says it.
+
+use super::Failure;
+use crate::audit::EventRecord;
+use crate::control::proto::{AuditReport, CaseView, StatusReply};
+use crate::domain::case::CaseRecord;
+use crate::domain::catalog::{CatalogFile, ImportSummary};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// Writes a command's result to standard output with `f`: the one place where
+/// a failed write to standard output becomes a [`Failure`].
+pub(super) fn print(f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    f(&mut out).and_then(|()| out.flush()).map_err(Failure::output)
+}
+
+/// A failure on standard error: `workcopy: ` and its first line, then the rest.
+pub(super) fn failure(message: &str) {
+    let mut err = io::stderr().lock();
+    let mut lines = message.lines();
+    // Nothing is left to tell the user if standard error is gone too.
+    let _ = writeln!(err, "workcopy: {}", lines.next().unwrap_or(""));
+    for l in lines {
+        let _ = writeln!(err, "{l}");
+    }
+}
+
+/// Overwrites the progress line on standard error (a terminal).
+pub(super) fn progress(done: u64, total: u64, elapsed: Duration) {
+    let mut err = io::stderr().lock();
+    let _ = write!(err, "\r{}", progress_line(done, total, elapsed));
+    let _ = err.flush();
+}
+
+/// Ends the progress line on standard error (a terminal).
+pub(super) fn progress_end() {
+    let _ = writeln!(io::stderr());
+}
+
+pub(super) fn json<T: serde::Serialize>(o: &mut impl Write, v: &T) -> io::Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(io::Error::other)?;
+    writeln!(o, "{s}")
+}
+
+pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
+    writeln!(o, "workcopy {}", s.version)?;
+    writeln!(
+        o,
+        "mount       {} ({})",
+        s.mount_point,
+        if s.mounted { "mounted" } else { "not mounted" }
+    )?;
+    writeln!(o, "mode        {}", s.mode)?;
+    writeln!(o, "read path   {}", s.read_path)?;
+    writeln!(o, "catalog     {} files", s.catalog_files)?;
+    writeln!(o, "directory   {} departments", s.directory_departments)?;
+    let counted = if s.read_path.contains("passthrough") {
+        " (reads the kernel passes through are not counted)"
+    } else {
+        ""
+    };
+    writeln!(o, "served      {} bytes{counted}", s.bytes_served)?;
+    writeln!(o, "pulls       {} case file(s) open now", s.pulls_in_progress)?;
+    writeln!(
+        o,
+        "cases       {}",
+        s.cases.iter().map(|(st, n)| format!("{st} {n}")).collect::<Vec<_>>().join(", ")
+    )
+}
+
+pub(super) fn imported(o: &mut impl Write, s: &ImportSummary, took: Duration) -> io::Result<()> {
+    writeln!(
+        o,
+        "imported {} rows in {:.1}s: {} added, {} updated, {} unchanged; the catalog holds {} files",
+        s.rows,
+        took.as_secs_f64(),
+        s.added,
+        s.updated,
+        s.unchanged,
+        s.catalog_files
+    )
+}
+
+/// The catalog files a descriptor matches, and a hint when it names more than one.
+pub(super) fn catalog_files(o: &mut impl Write, files: &[CatalogFile], descriptor: &str) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            vec![
+                f.file_id.to_string(),
+                f.department.to_string(),
+                f.size.to_string(),
+                f.submitted_at(),
+                f.path.to_string(),
+                f.sha256.clone(),
+            ]
+        })
+        .collect();
+    table(o, &["FILE_ID", "DEPARTMENT", "SIZE", "SUBMITTED", "PATH", "SHA256"], &rows)?;
+    if files.len() > 1 {
+        writeln!(
+            o,
+            "{} files match {descriptor:?}: a request must name one of them by file_id or path",
+            files.len()
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn cases(o: &mut impl Write, cases: &[CaseRecord]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = cases
+        .iter()
+        .map(|c| {
+            vec![
+                c.case_ref.clone(),
+                c.state.to_string(),
+                c.department.clone().unwrap_or_else(|| "-".into()),
+                c.requester.clone(),
+                c.created_at.clone(),
+            ]
+        })
+        .collect();
+    table(o, &["REF", "STATE", "DEPARTMENT", "REQUESTER", "OPENED"], &rows)
+}
+
+pub(super) fn log(o: &mut impl Write, records: &[EventRecord]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.seq.to_string(),
+                r.at.clone(),
+                format!("{} ({})", r.actor, r.uid),
+                r.event.clone(),
+                r.details.to_string(),
+            ]
+        })
+        .collect();
+    table(o, &["#", "TIME", "ACTOR", "EVENT", "DETAILS"], &rows)
+}
+
+/// `case open`'s verification report.
+pub(super) fn report(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
+    let c = &v.case;
+    writeln!(
+        o,
+        "case {} ({}), requester {}, department {}",
+        c.case_ref,
+        c.state,
+        c.requester,
+        c.department.as_deref().unwrap_or("-")
+    )?;
+    report_lines(o, c)?;
+    writeln!(
+        o,
+        "{}",
+        if c.verified {
+            "verified: every file may be delivered; approve with `workcopy case approve`"
+        } else {
+            "NOT verified"
+        }
+    )
+}
+
+/// `case show`: the case, its files and its verification report.
+pub(super) fn case(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
+    let c = &v.case;
+    writeln!(o, "case        {}", c.case_ref)?;
+    writeln!(o, "state       {}", c.state)?;
+    writeln!(o, "requester   {}", c.requester)?;
+    writeln!(o, "department  {}", c.department.as_deref().unwrap_or("-"))?;
+    if let Some(s) = &c.submitter {
+        writeln!(o, "submitter   {s}")?;
+    }
+    writeln!(o, "opened      {}", c.created_at)?;
+    writeln!(o, "verified    {}", if c.verified { "yes" } else { "no" })?;
+    if let Some((done, total)) = v.staging {
+        writeln!(o, "staging     {} of {}", human(done as f64), human(total as f64))?;
+    }
+    if let Some(r) = &v.blocked_reason {
+        writeln!(o, "blocked     {r}")?;
+    }
+    writeln!(o, "log         {} records", c.event_count)?;
+    if !v.files.is_empty() {
+        writeln!(o)?;
+        let rows: Vec<Vec<String>> = v
+            .files
+            .iter()
+            .map(|f| {
+                vec![
+                    f.export_name.clone(),
+                    f.file.file_id.to_string(),
+                    f.file.size.to_string(),
+                    f.file.sha256.clone(),
+                ]
+            })
+            .collect();
+        table(o, &["NAME", "FILE_ID", "SIZE", "SHA256"], &rows)?;
+    }
+    if !c.report.lines.is_empty() || !c.report.problems.is_empty() {
+        writeln!(o, "\nverification report:")?;
+        report_lines(o, c)?;
+    }
+    Ok(())
+}
+
+fn report_lines(o: &mut impl Write, c: &CaseRecord) -> io::Result<()> {
+    for p in &c.report.problems {
+        writeln!(o, "REFUSED   request: {p}")?;
+    }
+    for l in &c.report.lines {
+        writeln!(o, "{}", l.describe())?;
+    }
+    Ok(())
+}
+
+pub(super) fn staging_started(o: &mut impl Write, case_ref: &str) -> io::Result<()> {
+    writeln!(o, "case {case_ref} approved; staging started")
+}
+
+pub(super) fn exported(o: &mut impl Write, case_ref: &str, files: usize) -> io::Result<()> {
+    writeln!(o, "case {case_ref} exported: {files} file(s) readable in the mount")
+}
+
+pub(super) fn rejected(o: &mut impl Write, case_ref: &str) -> io::Result<()> {
+    writeln!(o, "case {case_ref} rejected; its log is sealed")
+}
+
+pub(super) fn confirmed(o: &mut impl Write, case_ref: &str) -> io::Result<()> {
+    writeln!(o, "case {case_ref}: receipt confirmed, every file matched")
+}
+
+pub(super) fn closed(o: &mut impl Write, case_ref: &str) -> io::Result<()> {
+    writeln!(o, "case {case_ref} closed: removed from the mount, staging deleted, log sealed")
+}
+
+pub(super) fn audit_intact(o: &mut impl Write, a: &AuditReport) -> io::Result<()> {
+    writeln!(
+        o,
+        "ok: {} case logs, {} records, {} sealed files; every chain intact",
+        a.cases, a.records, a.sealed_files
+    )
+}
+
+pub(super) fn sealed_log_intact(o: &mut impl Write, case_ref: &str, records: usize) -> io::Result<()> {
+    writeln!(o, "ok: sealed log of case {case_ref}, {records} records, chain intact")
+}
+
+pub(super) fn man_pages_written(o: &mut impl Write, dir: &Path) -> io::Result<()> {
+    writeln!(o, "manual pages written to {}", dir.display())
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(o: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            s.push_str(c);
+            if i + 1 < n {
+                s.push_str(&" ".repeat(w[i].saturating_sub(c.chars().count()) + 2));
+            }
+        }
+        writeln!(o, "{s}")
+    };
+    line(head.to_vec())?;
+    for r in rows {
+        line(r.iter().map(String::as_str).collect())?;
+    }
+    Ok(())
+}
+
+/// Bytes in binary units with one decimal: `1.5 MiB`.
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    let eta = if rate > 0.0 && total > done {
+        format!("{:.0}s", (total - done) as f64 / rate)
+    } else {
+        "-".into()
+    };
+    let pct = if total > 0 { done as f64 * 100.0 / total as f64 } else { 100.0 };
+    format!(
+        "staging {pct:5.1}%  {} of {}  {}/s  ETA {eta}   ",
+        human(done as f64),
+        human(total as f64),
+        human(rate)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        assert!(f(&mut out).is_ok());
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn table_pads_every_column_but_the_last() {
+        let rows = vec![vec!["R1".to_string(), "exported".to_string(), "x".to_string()]];
+        assert_eq!(
+            text(|o| table(o, &["REF", "STATE", "NOTE"], &rows)),
+            "REF  STATE     NOTE\nR1   exported  x\n"
+        );
+    }
+
+    #[test]
+    fn sizes_and_progress() {
+        assert_eq!(human(0.0), "0.0 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(3.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0), "3072.0 TiB");
+        assert_eq!(
+            progress_line(512 << 20, 1 << 30, Duration::from_secs(2)),
+            "staging  50.0%  512.0 MiB of 1.0 GiB  256.0 MiB/s  ETA 2s   "
+        );
+        assert_eq!(
+            progress_line(0, 0, Duration::ZERO),
+            "staging 100.0%  0.0 B of 0.0 B  0.0 B/s  ETA -   "
+        );
+    }
+}
