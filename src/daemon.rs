@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::control::server;
 use crate::domain::directory::Directory;
+use crate::export::ReadPath;
 use crate::export::fs::ExportFs;
 use crate::service::{Service, StoreAccessLog};
 use crate::unix::ProcStaff;
@@ -120,15 +121,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let read_path = if passthrough.load(Ordering::Acquire) {
-        "kernel passthrough (reads go straight to the backing files)"
+        ReadPath::Passthrough
+    } else if svc.cfg.passthrough {
+        ReadPath::UserSpaceNoKernelSupport
     } else {
-        if svc.cfg.passthrough {
-            "user space (this kernel offers no FUSE passthrough)"
-        } else {
-            "user space (passthrough = false in the config)"
-        }
+        ReadPath::UserSpaceByConfig
     };
-    *crate::sync::write(&svc.read_path) = Some(read_path.to_string());
+    *crate::sync::write(&svc.read_path) = Some(read_path);
     if let Err(e) = svc.recover().await {
         mounted.unmount();
         let _ = std::fs::remove_file(&socket_path);
@@ -149,7 +148,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, read_path, "workcopy serving");
+    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, read_path = ?read_path, "workcopy serving");
     sd_notify(&format!("READY=1\nSTATUS={}", svc.status_line().await));
     loop {
         tokio::select! {

@@ -8,6 +8,7 @@ use crate::audit::EventRecord;
 use crate::control::proto::{AuditReport, CaseView, StatusReply};
 use crate::domain::case::CaseRecord;
 use crate::domain::catalog::{CatalogFile, ImportSummary};
+use crate::export::ReadPath;
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +48,48 @@ pub(super) fn json<T: serde::Serialize>(o: &mut impl Write, v: &T) -> io::Result
     writeln!(o, "{s}")
 }
 
+/// How the mount serves bytes, in words.
+pub(super) fn read_path(p: Option<ReadPath>) -> &'static str {
+    match p {
+        Some(ReadPath::Passthrough) => "kernel passthrough (reads go straight to the backing files)",
+        Some(ReadPath::UserSpaceNoKernelSupport) => "user space (this kernel offers no FUSE passthrough)",
+        Some(ReadPath::UserSpaceByConfig) => "user space (passthrough = false in the config)",
+        None => "none (not mounted)",
+    }
+}
+
+/// `status --json`: the reply, with the read path in words.
+pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        version: &'a str,
+        mode: crate::config::Mode,
+        mount_point: &'a str,
+        mounted: bool,
+        read_path: &'static str,
+        catalog_files: u64,
+        cases: &'a [(crate::domain::case::CaseState, u64)],
+        directory_departments: usize,
+        bytes_served: u64,
+        pulls_in_progress: u64,
+    }
+    json(
+        o,
+        &View {
+            version: &s.version,
+            mode: s.mode,
+            mount_point: &s.mount_point,
+            mounted: s.mounted,
+            read_path: read_path(s.read_path),
+            catalog_files: s.catalog_files,
+            cases: &s.cases,
+            directory_departments: s.directory_departments,
+            bytes_served: s.bytes_served,
+            pulls_in_progress: s.pulls_in_progress,
+        },
+    )
+}
+
 pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
     writeln!(o, "workcopy {}", s.version)?;
     writeln!(
@@ -56,10 +99,10 @@ pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
         if s.mounted { "mounted" } else { "not mounted" }
     )?;
     writeln!(o, "mode        {}", s.mode)?;
-    writeln!(o, "read path   {}", s.read_path)?;
+    writeln!(o, "read path   {}", read_path(s.read_path))?;
     writeln!(o, "catalog     {} files", s.catalog_files)?;
     writeln!(o, "directory   {} departments", s.directory_departments)?;
-    let counted = if s.read_path.contains("passthrough") {
+    let counted = if s.read_path == Some(ReadPath::Passthrough) {
         " (reads the kernel passes through are not counted)"
     } else {
         ""

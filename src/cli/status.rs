@@ -8,7 +8,7 @@ use crate::control::proto::Request;
 pub(super) fn run(cli: &Cli, j: &JsonFlag) -> Result<(), Failure> {
     let s = call(cli, &Request::Status, reply::status)?;
     if j.json {
-        print(|o| render::json(o, &s))
+        print(|o| render::status_json(o, &s))
     } else {
         print(|o| render::status(o, &s))
     }

@@ -7,11 +7,13 @@
 //! what the caller could open, at disk speed, without size limits.
 
 use crate::audit::EventRecord;
+use crate::config::Mode;
 use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
 use crate::domain::catalog::ImportSummary;
 use crate::domain::verify::{CaseFile, RequestForm};
+use crate::export::ReadPath;
 use serde::{Deserialize, Serialize};
 
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -114,10 +116,11 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReply {
     pub version: String,
-    pub mode: String,
+    pub mode: Mode,
     pub mount_point: String,
     pub mounted: bool,
-    pub read_path: String,
+    /// `None` while nothing is mounted.
+    pub read_path: Option<ReadPath>,
     pub catalog_files: u64,
     pub cases: Vec<(CaseState, u64)>,
     pub directory_departments: usize,

@@ -8,3 +8,15 @@ pub mod fuse;
 pub mod inodes;
 pub mod mount;
 pub mod table;
+
+/// How the mount serves file bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPath {
+    /// The kernel reads the backing files itself (FUSE passthrough).
+    Passthrough,
+    /// Every byte through the daemon: this kernel offers no passthrough.
+    UserSpaceNoKernelSupport,
+    /// Every byte through the daemon: `passthrough = false` in the config.
+    UserSpaceByConfig,
+}

@@ -35,12 +35,11 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 
 impl Service {
     pub(super) async fn status(&self) -> Response {
-        let read_path = crate::sync::read(&self.read_path).clone();
+        let read_path = *crate::sync::read(&self.read_path);
         let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
-        let read_path = read_path.unwrap_or_else(|| "none (not mounted)".into());
         Ok(Reply::Status(StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
-            mode: self.cfg.mode.to_string(),
+            mode: self.cfg.mode,
             mount_point: self.cfg.mount_point.display().to_string(),
             mounted,
             read_path,

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::db::Store;
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::directory::Directory;
+use crate::export::ReadPath;
 use crate::export::table::ExportTable;
 use crate::unix::NameCache;
 use std::collections::HashMap;
@@ -50,7 +51,7 @@ pub struct Service {
     jobs: Mutex<HashMap<String, Arc<StagingJob>>>,
     pub stats: Arc<Stats>,
     /// The read path `status` reports; set by the daemon once it mounted.
-    pub read_path: RwLock<Option<String>>,
+    pub read_path: RwLock<Option<ReadPath>>,
     /// Held across "state change + mount change" (export, close, reload), so
     /// the mount never shows what the case's state or the directory forbids.
     visibility: tokio::sync::Mutex<()>,
