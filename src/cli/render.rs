@@ -229,20 +229,25 @@ pub(super) fn case(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
         writeln!(o, "blocked     {r}")?;
     }
     writeln!(o, "log         {} records", c.event_count)?;
-    if !v.files.is_empty() {
+    let rows: Vec<Vec<String>> = v
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.export_name.clone(),
+                f.file.file_id.to_string(),
+                f.file.size.to_string(),
+                f.file.sha256.clone(),
+            ]
+        })
+        .chain(
+            v.delivered
+                .iter()
+                .map(|f| vec![f.name.clone(), f.file_id.clone(), f.size.to_string(), f.sha256.clone()]),
+        )
+        .collect();
+    if !rows.is_empty() {
         writeln!(o)?;
-        let rows: Vec<Vec<String>> = v
-            .files
-            .iter()
-            .map(|f| {
-                vec![
-                    f.export_name.clone(),
-                    f.file.file_id.to_string(),
-                    f.file.size.to_string(),
-                    f.file.sha256.clone(),
-                ]
-            })
-            .collect();
         table(o, &["NAME", "FILE_ID", "SIZE", "SHA256"], &rows)?;
     }
     if !c.report.lines.is_empty() || !c.report.problems.is_empty() {

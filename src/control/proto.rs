@@ -131,7 +131,12 @@ pub struct StatusReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseView {
     pub case: CaseRecord,
+    /// The case's files with their catalog entries (staff only).
     pub files: Vec<CaseFile>,
+    /// The case's files as its department sees them: what the mount shows
+    /// (in place of `files` for a transfer account).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<DeliveredFile>,
     /// Staging progress while the case is approved: (bytes done, bytes total).
     pub staging: Option<(u64, u64)>,
     /// Why the case is blocked, when it is.
@@ -139,6 +144,16 @@ pub struct CaseView {
     /// Whether the case directory is in the mount now.
     #[serde(default)]
     pub visible: bool,
+}
+
+/// A file of a case as the mount shows it: name, GDB id, size and sha256;
+/// no GDB path, no catalog columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredFile {
+    pub name: String,
+    pub file_id: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use super::Service;
 use super::request::{not_found, parse_ref, refuse};
 use crate::audit::{self, Actor, EventKind, NewEvent};
-use crate::control::proto::{CaseView, Refusal, RefusalKind, Reply, Response};
+use crate::control::proto::{CaseView, DeliveredFile, Refusal, RefusalKind, Reply, Response};
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::case::{Action, CaseState, Role, transition};
 use crate::domain::case::{CaseRecord, NewCase};
@@ -43,16 +43,36 @@ impl Service {
         } else {
             None
         };
-        if *role != Role::Staff {
-            redact(&mut case);
-        }
         let visible = self.exports.get(&case.case_ref).is_some();
+        if *role == Role::Staff {
+            return Ok(CaseView {
+                visible,
+                case,
+                files,
+                delivered: Vec::new(),
+                staging,
+                blocked_reason,
+            });
+        }
+        // A department sees what its mount shows: no GDB paths, no catalog
+        // columns, no verification details (they can name other files).
+        redact(&mut case);
+        let delivered = files
+            .into_iter()
+            .map(|f| DeliveredFile {
+                name: f.export_name,
+                file_id: f.file.file_id.to_string(),
+                size: f.file.size,
+                sha256: f.file.sha256,
+            })
+            .collect();
         Ok(CaseView {
             visible,
             case,
-            files,
+            files: Vec::new(),
+            delivered,
             staging,
-            blocked_reason,
+            blocked_reason: blocked_reason.map(|_| "a file did not verify; workcopy staff have the details".to_string()),
         })
     }
 

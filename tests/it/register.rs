@@ -543,6 +543,11 @@ fn lifecycle_open_approve_confirm_close_and_sealed_log() {
     env.cli_as(Who::Dept(UID_A1), &["case", "show", r])
         .ok()
         .stdout_has("state       received");
+    // The department sees what its mount shows: names, ids, sizes, sha256;
+    // no GDB paths, no catalog columns such as sample_id.
+    let own = env.cli_as(Who::Dept(UID_A1), &["case", "show", r, "--json"]).ok();
+    assert!(!own.stdout.contains("run1/") && !own.stdout.contains("sample_id"), "{own}");
+    assert_eq!(own.json()["delivered"].as_array().map(|a| a.len()), Some(good.len()), "{own}");
     // Confirming twice is refused.
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
         .fails()
