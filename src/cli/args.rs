@@ -124,6 +124,8 @@ pub enum CaseCmd {
     },
     /// Confirm receipt with the receiving side's `sha256sum` output
     Confirm {
+        /// The case (or $WORKCOPY_CASE_REF, which, unlike an argument, other users cannot see in `ps`)
+        #[arg(env = "WORKCOPY_CASE_REF")]
         case_ref: String,
         /// sha256sum output for every file of the case ('-' for stdin)
         #[arg(long, value_name = "PATH|-")]

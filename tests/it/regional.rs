@@ -901,6 +901,27 @@ fn the_scripts_explain_themselves_and_refuse_bad_usage() {
         .fails()
         .code(126)
         .stderr_has("interactive login");
+
+    // `confirm REF` hands the REF to workcopy in its environment, never on
+    // its command line (which every local user can read in ps).
+    let dir = tempfile::tempdir().unwrap();
+    let spy = dir.path().join("workcopy-spy");
+    let seen = dir.path().join("seen");
+    write_file(
+        &spy,
+        format!(
+            "#!/bin/sh\necho \"argv: $*\" > {0}\necho \"env: $WORKCOPY_CASE_REF\" >> {0}\n",
+            seen.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    let mut cmd = root_cmd(&[&gate, "--socket", "/nonexistent.sock"]);
+    cmd.env("SSH_ORIGINAL_COMMAND", "confirm NGC-SECRET-7").env("WORKCOPY_BIN", &spy);
+    run(cmd, "workcopy-ssh-gate confirm", Some("")).ok();
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    assert!(seen.contains("env: NGC-SECRET-7"), "{seen}");
+    assert!(!seen.lines().next().unwrap_or_default().contains("NGC-SECRET-7"), "{seen}");
 }
 
 // ---------------------------------------------------------------- unspring
