@@ -472,7 +472,9 @@ fn main() -> Result<()> {
     let shared = cat.write_tsv(&tsv)?;
     let gen_secs = t.elapsed().as_secs_f64();
     let tsv_mib = file_mib(&tsv);
-    let dir = Directory::parse(&directory_toml(), "bench directory", &|n| Err(format!("no user {n:?}")))?;
+    let dir = Directory::parse(&directory_toml(), "bench directory", &|n| {
+        Err(workcopy::unix::LookupError::NoUser(n.to_string()))
+    })?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 

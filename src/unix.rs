@@ -4,19 +4,43 @@
 use nix::unistd::{Group, Uid, User};
 use std::time::Duration;
 
+/// Why a user or group name could not be turned into an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("no unix user named {0:?}")]
+    NoUser(String),
+    #[error("cannot look up unix user {name:?}: {source}")]
+    User {
+        name: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("no unix group named {0:?}")]
+    NoGroup(String),
+    #[error("cannot look up unix group {name:?}: {source}")]
+    Group {
+        name: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
 /// A user name or numeric id, as written in config and directory files.
-pub fn resolve_user(spec: &str) -> Result<u32, String> {
+pub fn resolve_user(spec: &str) -> Result<u32, LookupError> {
     if let Ok(uid) = spec.parse::<u32>() {
         return Ok(uid);
     }
     match User::from_name(spec) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!("no unix user named {spec:?}")),
-        Err(e) => Err(format!("cannot look up unix user {spec:?}: {e}")),
+        Ok(None) => Err(LookupError::NoUser(spec.to_string())),
+        Err(source) => Err(LookupError::User {
+            name: spec.to_string(),
+            source,
+        }),
     }
 }
 
-pub fn resolve_group(spec: &crate::config::GroupSpec) -> Result<u32, String> {
+pub fn resolve_group(spec: &crate::config::GroupSpec) -> Result<u32, LookupError> {
     match spec {
         crate::config::GroupSpec::Gid(g) => Ok(*g),
         crate::config::GroupSpec::Name(n) => {
@@ -25,8 +49,8 @@ pub fn resolve_group(spec: &crate::config::GroupSpec) -> Result<u32, String> {
             }
             match Group::from_name(n) {
                 Ok(Some(g)) => Ok(g.gid.as_raw()),
-                Ok(None) => Err(format!("no unix group named {n:?}")),
-                Err(e) => Err(format!("cannot look up unix group {n:?}: {e}")),
+                Ok(None) => Err(LookupError::NoGroup(n.clone())),
+                Err(source) => Err(LookupError::Group { name: n.clone(), source }),
             }
         }
     }

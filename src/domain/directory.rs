@@ -3,6 +3,7 @@
 //! the offending entry named.
 
 use crate::names::{DirId, UserId};
+use crate::unix::LookupError;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -76,7 +77,7 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn load(path: &Path, resolve: &dyn Fn(&str) -> Result<u32, String>) -> Result<Directory, DirectoryError> {
+    pub fn load(path: &Path, resolve: &dyn Fn(&str) -> Result<u32, LookupError>) -> Result<Directory, DirectoryError> {
         let text = std::fs::read_to_string(path).map_err(|e| DirectoryError {
             path: path.display().to_string(),
             message: format!("cannot read: {e}"),
@@ -85,7 +86,7 @@ impl Directory {
     }
 
     /// Parses and validates. `resolve` turns a transfer account name into a uid.
-    pub fn parse(text: &str, origin: &str, resolve: &dyn Fn(&str) -> Result<u32, String>) -> Result<Directory, DirectoryError> {
+    pub fn parse(text: &str, origin: &str, resolve: &dyn Fn(&str) -> Result<u32, LookupError>) -> Result<Directory, DirectoryError> {
         let fail = |message: String| DirectoryError {
             path: origin.to_string(),
             message,
@@ -210,12 +211,12 @@ id = "bob@rm.dk"
 department = "AUH-KGA"
 "#;
 
-    pub(crate) fn fake_resolve(name: &str) -> Result<u32, String> {
+    pub(crate) fn fake_resolve(name: &str) -> Result<u32, LookupError> {
         match name {
             "xfer-rh" => Ok(2001),
             "xfer-auh" => Ok(2003),
             "root" => Ok(0),
-            _ => Err(format!("no unix user named {name:?}")),
+            _ => Err(LookupError::NoUser(name.to_string())),
         }
     }
 

@@ -14,6 +14,40 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::warn;
 
+/// Why a case's files cannot be served: the reason a case is blocked or
+/// kept out of the mount, recorded in its log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotServable {
+    #[error("{0}")]
+    File(#[source] Arc<staging::StageError>),
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot sync {}: {source}", dir.display())]
+    SyncDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("staging task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+    #[error("no longer authorized: {0}")]
+    NotAuthorized(String),
+    #[error("department {department:?} of case {case_ref} is not in the directory")]
+    DepartmentGone { department: String, case_ref: String },
+    #[error("staging outcome lost")]
+    Lost,
+}
+
+impl NotServable {
+    fn file(e: staging::StageError) -> NotServable {
+        NotServable::File(Arc::new(e))
+    }
+}
+
 /// A running staging job: its progress, and a flag that stops it.
 #[derive(Debug, Default)]
 pub struct StagingJob {
@@ -42,14 +76,14 @@ impl Service {
         case_ref: &str,
         files: &[CaseFile],
         job: &Arc<StagingJob>,
-    ) -> Result<Vec<(Backing, FileIdentity)>, String> {
+    ) -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
         let mode = self.cfg.mode;
         let staging = self.cfg.staging_dir();
         let root = self.gdb_root.clone();
         let files_owned = files.to_vec();
         let case_ref_owned = case_ref.to_string();
         let job = job.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, String> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
             let dir = staging::case_dir(&staging, &case_ref_owned);
             fn expect(f: &CaseFile) -> Expect<'_> {
                 Expect {
@@ -62,13 +96,16 @@ impl Service {
                 // Each file must match and be unable to change under a reader.
                 let mut out = Vec::new();
                 for f in &files_owned {
-                    let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(|e| e.to_string())?;
+                    let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(NotServable::file)?;
                     out.push((Backing::Gdb(f.file.path.to_string()), id));
                 }
                 return Ok(out);
             }
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| NotServable::CreateDir {
+                dir: dir.clone(),
+                source: Arc::new(e),
+            })?;
             // Copy and verify every file first, then make them durable
             // together; only then can the case be published.
             let mut copies = Vec::new();
@@ -78,19 +115,22 @@ impl Service {
                     Ok(c) => copies.push((c, dest)),
                     Err(e) => {
                         copies.into_iter().for_each(|(c, _): (staging::StagedCopy, _)| c.discard());
-                        return Err(e.to_string());
+                        return Err(NotServable::file(e));
                     }
                 }
             }
             let mut out = Vec::new();
             for (c, dest) in copies {
-                out.push((Backing::Staged(dest), c.commit().map_err(|e| e.to_string())?));
+                out.push((Backing::Staged(dest), c.commit().map_err(NotServable::file)?));
             }
-            staging::sync_dir(&dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            staging::sync_dir(&dir).map_err(|e| NotServable::SyncDir {
+                dir: dir.clone(),
+                source: Arc::new(e),
+            })?;
             Ok(out)
         })
         .await
-        .map_err(|e| format!("staging task failed: {e}"))?
+        .map_err(|e| NotServable::Task(Arc::new(e)))?
     }
 
     pub(super) async fn remove_staging(&self, case_ref: &str) -> std::io::Result<()> {

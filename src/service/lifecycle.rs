@@ -2,6 +2,7 @@
 //! outcome applied, the mount changed, staging deleted, the log sealed.
 
 use super::Service;
+use super::jobs::NotServable;
 use super::request::{not_found, refuse};
 use crate::audit::{self, Actor, EventKind, EventRecord, NewEvent};
 use crate::control::proto::{Refusal, RefusalKind};
@@ -74,7 +75,7 @@ impl Service {
         case_ref: &str,
         files: &[CaseFile],
         bytes: u64,
-        outcome: Result<Vec<(Backing, FileIdentity)>, String>,
+        outcome: Result<Vec<(Backing, FileIdentity)>, NotServable>,
     ) {
         let mut outcome = Some(outcome);
         // A busy or briefly failing database must not leave the case approved
@@ -97,7 +98,7 @@ impl Service {
         case_ref: &str,
         files: &[CaseFile],
         bytes: u64,
-        outcome: &mut Option<Result<Vec<(Backing, FileIdentity)>, String>>,
+        outcome: &mut Option<Result<Vec<(Backing, FileIdentity)>, NotServable>>,
     ) -> Result<(), Refusal> {
         let _visibility = self.visibility.lock().await;
         let case = match self.store.case(case_ref).await? {
@@ -112,11 +113,11 @@ impl Service {
         };
         let dir = self.directory();
         let department = case.department.clone().unwrap_or_default();
-        let staged = outcome.take().unwrap_or_else(|| Err("staging outcome lost".into()));
+        let staged = outcome.take().unwrap_or(Err(NotServable::Lost));
         // Kept for another attempt should this one fail to record its result.
         let keep = staged.clone();
         let checked = staged.and_then(|backings| match no_longer_authorized(&dir, case.department.as_deref(), files) {
-            Some(reason) => Err(format!("no longer authorized: {reason}")),
+            Some(reason) => Err(NotServable::NotAuthorized(reason)),
             None => self.exported_case(case_ref, &department, files, backings),
         });
         let system = Actor::system();
@@ -132,7 +133,7 @@ impl Service {
             }
             Err(reason) => {
                 let _ = self.remove_staging(case_ref).await;
-                let details = json!({"reason": reason});
+                let details = json!({"reason": reason.to_string()});
                 if let Err(e) = self.take(&Role::System, &system, &case, Action::Block, details).await {
                     *outcome = Some(keep);
                     return Err(e);
@@ -149,12 +150,15 @@ impl Service {
         department: &str,
         files: &[CaseFile],
         backings: Vec<(Backing, FileIdentity)>,
-    ) -> Result<ExportedCase, String> {
+    ) -> Result<ExportedCase, NotServable> {
         let owner_uid = self
             .directory()
             .department(department)
             .map(|d| d.transfer_uid)
-            .ok_or_else(|| format!("department {department:?} of case {case_ref} is not in the directory"))?;
+            .ok_or_else(|| NotServable::DepartmentGone {
+                department: department.to_string(),
+                case_ref: case_ref.to_string(),
+            })?;
         let exported: Vec<ExportedFile> = files
             .iter()
             .zip(backings)

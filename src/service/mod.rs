@@ -21,7 +21,7 @@ use crate::audit::Actor;
 use crate::config::Config;
 use crate::db::Store;
 use crate::domain::authz::no_longer_authorized;
-use crate::domain::directory::Directory;
+use crate::domain::directory::{Directory, DirectoryError};
 use crate::export::ReadPath;
 use crate::export::table::ExportTable;
 use crate::unix::NameCache;
@@ -102,12 +102,12 @@ impl Service {
     /// Exported cases follow it: a case whose rule 1 no longer holds leaves
     /// the mount, and a case directory's owner is the department's current
     /// transfer account (root only, for a department that left).
-    pub async fn reload_directory(&self) -> Result<(), String> {
+    pub async fn reload_directory(&self) -> Result<(), DirectoryError> {
         let d = match Directory::load(&self.cfg.directory, &crate::unix::resolve_user) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 error!(error = %e, "directory reload refused; the previous directory stays in force");
-                return Err(e.to_string());
+                return Err(e);
             }
         };
         let _visibility = self.visibility.lock().await;

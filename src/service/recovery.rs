@@ -93,7 +93,7 @@ impl Service {
                     match self.staged_copies(&c.case_ref, &files) {
                         Some(backings) => match self.exported_case(&c.case_ref, &department, &files, backings) {
                             Ok(case) => self.publish(case).await,
-                            Err(reason) => self.hide(&c.case_ref, &reason).await,
+                            Err(reason) => self.hide(&c.case_ref, &reason.to_string()).await,
                         },
                         None => {
                             // Direct mode, or staged copies lost: verify again, in the background.
@@ -140,7 +140,7 @@ impl Service {
         }
         match outcome.and_then(|b| self.exported_case(case_ref, department, files, b)) {
             Ok(case) => self.publish(case).await,
-            Err(reason) => self.hide(case_ref, &reason).await,
+            Err(reason) => self.hide(case_ref, &reason.to_string()).await,
         }
     }
 
