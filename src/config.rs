@@ -62,6 +62,7 @@ struct RawConfig {
     max_files_per_case: Option<i64>,
     case_ttl: Option<String>,
     passthrough: Option<bool>,
+    max_open_files_per_account: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +81,8 @@ pub struct Config {
     pub case_ttl: Duration,
     /// Use kernel FUSE passthrough for reads where the kernel offers it (default true).
     pub passthrough: bool,
+    /// Files one transfer account may hold open in the mount at once (default 1024).
+    pub max_open_files_per_account: usize,
 }
 
 impl Config {
@@ -133,6 +136,11 @@ impl Config {
             Some(n) if (1..=10_000).contains(&n) => n as usize,
             Some(n) => return Err(bad("max_files_per_case", format!("{n} is not between 1 and 10000"))),
         };
+        let max_open_files_per_account = match raw.max_open_files_per_account {
+            None => 1024,
+            Some(n) if (1..=65_536).contains(&n) => n as usize,
+            Some(n) => return Err(bad("max_open_files_per_account", format!("{n} is not between 1 and 65536"))),
+        };
         let case_ttl = match raw.case_ttl.as_deref() {
             None => Duration::from_secs(14 * 24 * 3600),
             Some(s) => {
@@ -173,6 +181,7 @@ impl Config {
             max_files_per_case,
             case_ttl,
             passthrough: raw.passthrough.unwrap_or(true),
+            max_open_files_per_account,
         })
     }
 

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::control::server;
 use crate::domain::directory::Directory;
 use crate::export::ReadPath;
-use crate::export::fs::ExportFs;
+use crate::export::fs::{ExportFs, OpenLimits};
 use crate::service::{Service, StoreAccessLog};
 use crate::unix::ProcStaff;
 use anyhow::Context;
@@ -84,16 +84,49 @@ pub async fn open_service(cfg: Config) -> anyhow::Result<Arc<Service>> {
     Ok(Service::new(cfg, store, directory, staff_gid)?)
 }
 
+/// Descriptors kept for the daemon itself (database, gdb_root, staging,
+/// sockets) beyond what the mount's open files may take.
+const DAEMON_RESERVE: usize = 1024;
+
+/// Raises the soft limit on open descriptors to the hard one (systemd's
+/// default hard limit is 524288) and returns the limit in force.
+fn raise_descriptor_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
 /// The export filesystem core for a service, listening to its export table.
 pub fn export_fs(svc: &Arc<Service>) -> Arc<ExportFs> {
-    let fs = Arc::new(ExportFs::new(
-        Box::new(ProcStaff::new(svc.staff_gid())),
-        svc.staff_gid(),
-        svc.gdb_root(),
-        Arc::new(StoreAccessLog::new(svc, tokio::runtime::Handle::current())),
-        svc.stats.bytes_served.clone(),
-        svc.stats.open_files.clone(),
-    ));
+    let limits = OpenLimits {
+        per_account: svc.cfg.max_open_files_per_account,
+        total: raise_descriptor_limit().saturating_sub(DAEMON_RESERVE).max(64),
+    };
+    let fs = Arc::new(
+        ExportFs::new(
+            Box::new(ProcStaff::new(svc.staff_gid())),
+            svc.staff_gid(),
+            svc.gdb_root(),
+            Arc::new(StoreAccessLog::new(svc, tokio::runtime::Handle::current())),
+            svc.stats.bytes_served.clone(),
+            svc.stats.open_files.clone(),
+        )
+        .with_open_limits(limits),
+    );
     svc.exports.listen(fs.clone());
     fs
 }

@@ -41,6 +41,8 @@ pub enum FsError {
     Range,
     #[error("the case was closed while the file was open")]
     Revoked,
+    #[error("the account holds its share of open files already")]
+    TooManyOpen,
     #[error("the access record could not be written: {0}")]
     AuditFailed(#[source] AccessLogError),
     #[error("the backing file is not the verified one: {0}")]
@@ -139,6 +141,29 @@ pub struct ExportFs {
     next_fh: AtomicU64,
     pub bytes_served: Arc<AtomicU64>,
     pub open_files: Arc<AtomicU64>,
+    open_limits: OpenLimits,
+    /// Files each uid holds open now.
+    open_per_uid: Mutex<HashMap<u32, usize>>,
+}
+
+/// How many files may be open in the mount at once. Each open holds one of
+/// the daemon's descriptors, so no account may take them from the others or
+/// from the daemon itself (its database, gdb_root, staging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenLimits {
+    /// For one transfer account (staff are bounded only by `total`).
+    pub per_account: usize,
+    /// For everyone together: what the daemon can spare.
+    pub total: usize,
+}
+
+impl Default for OpenLimits {
+    fn default() -> OpenLimits {
+        OpenLimits {
+            per_account: 1024,
+            total: 16 * 1024,
+        }
+    }
 }
 
 impl ExportFs {
@@ -151,6 +176,8 @@ impl ExportFs {
         open_files: Arc<AtomicU64>,
     ) -> ExportFs {
         ExportFs {
+            open_limits: OpenLimits::default(),
+            open_per_uid: Mutex::new(HashMap::new()),
             table: RwLock::new(InodeTable::default()),
             staff,
             staff_gid,
@@ -163,6 +190,35 @@ impl ExportFs {
             next_fh: AtomicU64::new(1),
             bytes_served,
             open_files,
+        }
+    }
+
+    /// Bounds the files held open in the mount (see [`OpenLimits`]).
+    pub fn with_open_limits(mut self, limits: OpenLimits) -> ExportFs {
+        self.open_limits = limits;
+        self
+    }
+
+    /// Takes one of `c`'s open-file slots, or says it holds its share already.
+    fn take_open_slot(&self, c: &Caller, staff: bool) -> Result<(), FsError> {
+        let mut held = lock::lock(&self.open_per_uid);
+        let total: usize = held.values().sum();
+        let mine = held.get(&c.uid).copied().unwrap_or(0);
+        if total >= self.open_limits.total || (!staff && mine >= self.open_limits.per_account) {
+            warn!(uid = c.uid, open = mine, "open refused: the account holds its share of open files");
+            return Err(FsError::TooManyOpen);
+        }
+        held.insert(c.uid, mine + 1);
+        Ok(())
+    }
+
+    fn give_open_slot(&self, uid: u32) {
+        let mut held = lock::lock(&self.open_per_uid);
+        if let Some(n) = held.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&uid);
+            }
         }
     }
 
@@ -342,7 +398,19 @@ impl ExportFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let (file, name, file_id, size) = match &node {
+        // A slot first, so an account that holds its share gets EMFILE before
+        // anything is opened or recorded; given back on every failure below.
+        let staff = c.uid != case.owner_uid;
+        self.take_open_slot(c, staff)?;
+        let opened = self.open_slot_taken(c, &node, &case, revoked);
+        if opened.is_err() {
+            self.give_open_slot(c.uid);
+        }
+        opened
+    }
+
+    fn open_slot_taken(&self, c: &Caller, node: &Node, case: &ExportedCase, revoked: Arc<AtomicBool>) -> Result<(u64, Arc<File>), FsError> {
+        let (file, name, file_id, size) = match node {
             Node::CaseDir { .. } => return Err(FsError::IsDir),
             Node::Sums { .. } => (
                 Arc::new(sums_file(&case.sums)?),
@@ -457,6 +525,7 @@ impl ExportFs {
     pub fn release(&self, fh: u64, passthrough: bool) {
         let f = lock::lock(&self.files).remove(&fh);
         if let Some(f) = f {
+            self.give_open_slot(f.access.uid);
             self.open_files.fetch_sub(1, Ordering::Relaxed);
             if !passthrough {
                 self.log.released(&f.access, f.read.load(Ordering::Relaxed), f.size);
@@ -614,17 +683,24 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(OpenLimits::default())
+    }
+
+    fn fixture_with(limits: OpenLimits) -> Fixture {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let root: OwnedFd = File::open(dir.path()).unwrap_or_else(|e| panic!("{e}")).into();
         let log = Arc::new(FakeLog::default());
-        let fs = Arc::new(ExportFs::new(
-            Box::new(FakeStaff),
-            3000,
-            Arc::new(root),
-            log.clone(),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        ));
+        let fs = Arc::new(
+            ExportFs::new(
+                Box::new(FakeStaff),
+                3000,
+                Arc::new(root),
+                log.clone(),
+                Arc::new(AtomicU64::new(0)),
+                Arc::new(AtomicU64::new(0)),
+            )
+            .with_open_limits(limits),
+        );
         let table = ExportTable::new();
         table.listen(fs.clone());
         Fixture { dir, table, fs, log }
@@ -738,6 +814,36 @@ mod tests {
         assert!(!opened[0].staff && opened[1].staff);
         let released = lock::lock(&f.log.released).clone();
         assert_eq!(released[0].1, content("R-A", "a b.fastq.gz").len() as u64);
+    }
+
+    #[test]
+    fn an_account_gets_emfile_past_its_share_and_only_it() {
+        let f = fixture_with(OpenLimits { per_account: 3, total: 5 });
+        f.publish("A", 2001, &["a.fq"]);
+        f.publish("B", 2002, &["b.fq"]);
+        let (a, b) = (who(2001), who(2002));
+        let fa = file_ino(&f, &a, "A", "a.fq");
+        let fb = file_ino(&f, &b, "B", "b.fq");
+        let held: Vec<u64> = (0..3)
+            .map(|_| f.fs.open(&a, fa, false).unwrap_or_else(|e| panic!("{e}")).0)
+            .collect();
+        assert!(matches!(f.fs.open(&a, fa, false), Err(FsError::TooManyOpen)));
+        assert_eq!(lock::lock(&f.log.opened).len(), 3, "a refused open is not recorded");
+        // Another department is not affected.
+        let fh_b = f.fs.open(&b, fb, false).unwrap_or_else(|e| panic!("{e}")).0;
+        // Giving one back gives the account its slot back.
+        f.fs.release(held[0], true);
+        assert!(f.fs.open(&a, fa, false).is_ok());
+        // The total bounds everyone together: 4 held, one more, then no more.
+        let fifth = f.fs.open(&b, fb, false).unwrap_or_else(|e| panic!("{e}")).0;
+        assert!(matches!(f.fs.open(&b, fb, false), Err(FsError::TooManyOpen)));
+        f.fs.release(fh_b, true);
+        f.fs.release(fifth, true);
+        // A failed open gives its slot back too.
+        f.log.fail.store(true, Ordering::Relaxed);
+        assert!(matches!(f.fs.open(&b, fb, false), Err(FsError::AuditFailed(_))));
+        f.log.fail.store(false, Ordering::Relaxed);
+        assert!(f.fs.open(&b, fb, false).is_ok());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::Integrity(_) => Errno::EIO,
         FsError::Changeable(_) => Errno::EIO,
         FsError::BadHandle => Errno::EBADF,
+        FsError::TooManyOpen => Errno::EMFILE,
         FsError::Io(io) => io.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO),
     }
 }

@@ -165,3 +165,55 @@ fn a_catalog_import_stops_when_its_client_goes_away() {
     assert!(env.daemon_log().contains("client hung up"), "{}", env.daemon_log());
     env.cli(&["status"]).ok();
 }
+
+#[test]
+fn an_account_holding_its_share_of_open_files_gets_emfile_and_only_it() {
+    let env = Env::ready_with(|o| o.extra_config = "max_open_files_per_account = 50\n".into());
+    for (r, who, file) in [("HOLD-A1", ALICE, "GDB-0001"), ("HOLD-A2", ANNA, "GDB-0004")] {
+        env.cli(&["case", "open", r, "--requester", who, file]).ok();
+        env.cli(&["case", "approve", r]).ok();
+    }
+    let name = |r: &str| env.case_files(r)[0].0.clone();
+    let a1_file = env.mnt.join("HOLD-A1").join(name("HOLD-A1"));
+    // DEPT-A1's account opens its file 60 times and holds them.
+    let hold = format!(
+        r#"
+import errno, os, sys, time
+held, refused = [], 0
+for i in range(60):
+    try:
+        held.append(os.open({path:?}, os.O_RDONLY))
+    except OSError as e:
+        if e.errno == errno.EMFILE:
+            refused += 1
+        else:
+            raise
+print(len(held), refused, flush=True)
+time.sleep(30)
+"#,
+        path = a1_file.to_str().unwrap()
+    );
+    let mut child = python_as(UID_A1, &env, &hold);
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line.trim(), "50 10", "held and refused opens");
+    // Another department reads its own case; staff are served.
+    env.pull_as(UID_A2, "HOLD-A2");
+    env.cli_as(Who::Staff, &["status"]).ok();
+    env.cli(&["case", "show", "HOLD-A1"]).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Once it lets go, the account can open again.
+    assert!(env.wait_for(Duration::from_secs(10), || {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([&format!("--reuid={UID_A1}"), &format!("--regid={UID_A1}"), "--clear-groups", "cat"])
+            .arg(&a1_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    }));
+}
