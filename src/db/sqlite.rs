@@ -72,13 +72,26 @@ struct Tx {
 
 impl Tx {
     async fn begin(pool: &SqlitePool, statement: &'static str) -> Result<Tx, StoreError> {
-        let mut tx = Tx {
-            conn: pool.acquire().await?,
-            ended: false,
-        };
-        // A failed BEGIN drops `tx` unfinished: its connection is closed.
-        sqlx::query(statement).execute(&mut *tx.conn).await?;
-        Ok(tx)
+        // A connection may refuse every transaction for good although the
+        // database is fine now: SQLite opens the database read-only when it
+        // cannot be written at the moment the connection is made (and the
+        // pool keeps connections idle). A failed BEGIN drops `tx`
+        // unfinished, which closes its connection; the next attempt gets
+        // another, down to a fresh one. Waiting for another writer's lock
+        // is not tried again.
+        let attempts = pool.options().get_max_connections() + 1;
+        let mut attempt = 1;
+        loop {
+            let mut tx = Tx {
+                conn: pool.acquire().await?,
+                ended: false,
+            };
+            match sqlx::query(statement).execute(&mut *tx.conn).await {
+                Ok(_) => return Ok(tx),
+                Err(e) if attempt < attempts && !is_locked(&e) => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -102,6 +115,13 @@ impl Drop for Tx {
             self.conn.close_on_drop();
         }
     }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another
+/// connection held the lock for longer than the busy timeout.
+fn is_locked(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
+    matches!(code.map(|c| c & 0xff), Some(5 | 6))
 }
 
 /// Whether a failed call left the database as it was by this crate's own
@@ -820,6 +840,10 @@ mod tests {
                 let r = store.create_case(empty_case("C-2"), event("opened")).await;
                 anyhow::ensure!(matches!(r, Err(StoreError::Db(_))), "a new case on a frozen database: {r:?}");
             }
+            // A connection made now opens the database read-only; the pool keeps it idle.
+            let mut idle = store.writer.acquire().await?;
+            sqlx::query("SELECT 1").execute(&mut *idle).await?;
+            drop(idle);
         }
         anyhow::ensure!(store.events("C-1").await?.len() == 1, "a failed append left a record");
         anyhow::ensure!(store.case("C-2").await?.is_none(), "a failed create left a case");
