@@ -112,6 +112,12 @@ pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &Progress) -> 
             actual: size,
         });
     }
+    hash_unchanged(&mut f, before, e, progress)
+}
+
+/// Hashes `f` to its end and checks it against `e`; the file's identity
+/// must still be `before` afterwards (nothing changed it while it was read).
+fn hash_unchanged(f: &mut File, before: FileIdentity, e: &Expect<'_>, progress: &Progress) -> Result<FileIdentity, StageError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -133,6 +139,34 @@ pub fn verify_in_place(root: impl AsFd, e: &Expect<'_>, progress: &Progress) -> 
         });
     }
     Ok(after)
+}
+
+/// Staged mode, after a start: hashes a staged copy again. Its bytes must
+/// still be the catalog's (a disk or a hand may have changed them while the
+/// daemon was down); returns its identity, which each open then checks.
+pub fn verify_copy(path: &Path, e: &Expect<'_>, progress: &Progress) -> Result<FileIdentity, StageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(e.rel))?;
+    let meta = f.metadata().map_err(io(e.rel))?;
+    if !meta.is_file() {
+        return Err(StageError::Io {
+            path: e.rel.to_string(),
+            source: std::io::Error::other("the staged copy is not a regular file"),
+        });
+    }
+    let before = FileIdentity::of(&meta);
+    if before.size != e.size {
+        return Err(StageError::Size {
+            path: e.rel.to_string(),
+            expected: e.size,
+            actual: before.size,
+        });
+    }
+    hash_unchanged(&mut f, before, e, progress)
 }
 
 /// A verified copy under its temporary name, not yet durable or visible.
@@ -456,6 +490,40 @@ mod tests {
         let dest3 = tmp.path().join("cancelled.data");
         assert!(matches!(stage_copy(&rootfd, &good, &dest3, &p), Err(StageError::Cancelled(_))));
         assert!(!dest3.exists() && !tmp.path().join(".partial.cancelled.data").exists());
+        Ok(())
+    }
+    /// A staged copy is served again after a start only with the catalog's
+    /// bytes: a flipped byte, a shorter file or a link in its place is refused.
+    #[test]
+    fn a_staged_copy_is_verified_again_byte_for_byte() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("gdb");
+        std::fs::create_dir_all(&root)?;
+        let data: Vec<u8> = (0..(CHUNK + 4099)).map(|i| (i * 31 + i / 977) as u8).collect();
+        std::fs::write(root.join("a.fq"), &data)?;
+        let rootfd = gdb::open_root(&root)?;
+        let sum = sha(&data);
+        let e = Expect {
+            rel: "a.fq",
+            size: data.len() as u64,
+            sha256: &sum,
+        };
+        let p = Progress::default();
+        let dest = tmp.path().join("000.data");
+        let staged = stage_copy(&rootfd, &e, &dest, &p)?;
+        assert_eq!(verify_copy(&dest, &e, &p)?, staged);
+
+        let mut flipped = data.clone();
+        flipped[CHUNK + 7] ^= 0x01;
+        std::fs::write(&dest, &flipped)?;
+        assert!(matches!(verify_copy(&dest, &e, &p), Err(StageError::Checksum { .. })));
+        std::fs::write(&dest, &data[..data.len() - 1])?;
+        assert!(matches!(verify_copy(&dest, &e, &p), Err(StageError::Size { .. })));
+        std::fs::remove_file(&dest)?;
+        symlink(root.join("a.fq"), &dest)?;
+        assert!(matches!(verify_copy(&dest, &e, &p), Err(StageError::Io { .. })));
+        std::fs::remove_file(&dest)?;
+        assert!(matches!(verify_copy(&dest, &e, &p), Err(StageError::Io { .. })));
         Ok(())
     }
 }

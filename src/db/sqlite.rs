@@ -9,8 +9,10 @@ use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -51,17 +53,114 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// Ends a write transaction: commits it when `result` is `Ok`, rolls it back
-/// otherwise.
-async fn finish<T>(tx: Transaction<'_, Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {
-    match result {
-        Ok(v) => {
-            tx.commit().await?;
-            Ok(v)
+/// A transaction on a pool connection of its own, begun with an explicit
+/// statement and ended by [`finish`].
+///
+/// Its connection goes back to the pool only when the transaction ended
+/// cleanly: committed, or rolled back after a refusal of this crate's own
+/// (the case moved, the reference is taken). After any database error, and
+/// when the transaction is dropped unfinished (a cancelled request), the
+/// connection is closed instead and the pool opens a fresh one for the next
+/// call. SQLite may already have rolled a transaction back by itself after
+/// an I/O error or a full disk, or may still hold it open; a connection in
+/// such a state is never used again, so a later write can neither fail for
+/// ever nor land inside a transaction that will never commit.
+struct Tx {
+    conn: PoolConnection<Sqlite>,
+    ended: bool,
+}
+
+impl Tx {
+    async fn begin(pool: &SqlitePool, statement: &'static str) -> Result<Tx, StoreError> {
+        // A connection may refuse every transaction for good although the
+        // database is fine now: SQLite opens the database read-only when it
+        // cannot be written at the moment the connection is made (and the
+        // pool keeps connections idle). A failed BEGIN drops `tx`
+        // unfinished, which closes its connection; the next attempt gets
+        // another, down to a fresh one. Waiting for another writer's lock
+        // is not tried again.
+        let attempts = pool.options().get_max_connections() + 1;
+        let mut attempt = 1;
+        loop {
+            let mut tx = Tx {
+                conn: pool.acquire().await?,
+                ended: false,
+            };
+            match sqlx::query(statement).execute(&mut *tx.conn).await {
+                Ok(_) => return Ok(tx),
+                Err(e) if attempt < attempts && !is_locked(&e) => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
         }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Closing the connection rolls back whatever it still holds.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another
+/// connection held the lock for longer than the busy timeout.
+fn is_locked(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
+    matches!(code.map(|c| c & 0xff), Some(5 | 6))
+}
+
+/// Whether a failed call left the database as it was by this crate's own
+/// decision (a refusal), rather than because the database failed.
+fn is_refusal(e: &StoreError) -> bool {
+    match e {
+        StoreError::Exists(_)
+        | StoreError::NoCase(_)
+        | StoreError::Conflict { .. }
+        | StoreError::Busy(_)
+        | StoreError::Catalog(_)
+        | StoreError::CatalogRow(_)
+        | StoreError::Corrupt(..) => true,
+        StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unsupported(_) => false,
+    }
+}
+
+/// Ends a transaction: commits it when `result` is `Ok`, rolls it back
+/// otherwise. `Ok` only once the commit succeeded; a failed commit is an
+/// error, and nothing of the transaction stays (SQLite rolled it back, or
+/// closing its connection does).
+async fn finish<T>(mut tx: Tx, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => match sqlx::query("COMMIT").execute(&mut *tx.conn).await {
+            Ok(_) => {
+                tx.ended = true;
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a commit failed; the transaction is rolled back and its connection replaced");
+                let _ = sqlx::query("ROLLBACK").execute(&mut *tx.conn).await;
+                Err(e.into())
+            }
+        },
         Err(e) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "rolling back a write transaction failed");
+            match sqlx::query("ROLLBACK").execute(&mut *tx.conn).await {
+                Ok(_) if is_refusal(&e) => tx.ended = true,
+                Ok(_) => {}
+                Err(rollback) => tracing::warn!(error = %rollback, "rolling back a transaction failed; its connection is replaced"),
             }
             Err(e)
         }
@@ -104,12 +203,12 @@ impl SqliteStore {
     }
 
     /// A write transaction holding the database's write lock from its start.
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Tx::begin(&self.writer, "BEGIN IMMEDIATE").await
     }
 
     /// The case's state and head (record count, last hash).
-    async fn head(tx: &mut Transaction<'_, Sqlite>, case_ref: &str) -> Result<(CaseState, u64, String), StoreError> {
+    async fn head(tx: &mut Tx, case_ref: &str) -> Result<(CaseState, u64, String), StoreError> {
         let row = sqlx::query("SELECT state, event_count, head_hash FROM cases WHERE ref = $1")
             .bind(case_ref)
             .fetch_optional(&mut **tx)
@@ -124,13 +223,7 @@ impl SqliteStore {
     /// transaction: moves the head if it still is that head, then writes the
     /// record. [`StoreError::Busy`] when the head moved: the caller rolls back
     /// and may start over.
-    async fn push_event(
-        tx: &mut Transaction<'_, Sqlite>,
-        case_ref: &str,
-        count: u64,
-        head: &str,
-        event: NewEvent,
-    ) -> Result<EventRecord, StoreError> {
+    async fn push_event(tx: &mut Tx, case_ref: &str, count: u64, head: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
         let busy = || StoreError::Busy(case_ref.to_string());
         let rec = audit::chain(case_ref, count, head, event);
         let moved = sqlx::query("UPDATE cases SET event_count = $1, head_hash = $2 WHERE ref = $3 AND event_count = $4 AND head_hash = $5")
@@ -168,7 +261,7 @@ impl SqliteStore {
 
     /// One attempt at a transition, inside `tx`.
     async fn try_transition(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut Tx,
         case_ref: &str,
         from: CaseState,
         to: CaseState,
@@ -196,12 +289,7 @@ impl SqliteStore {
     }
 
     /// One attempt at an append while the case is in one of `states`, inside `tx`.
-    async fn try_append_in(
-        tx: &mut Transaction<'_, Sqlite>,
-        case_ref: &str,
-        states: &[CaseState],
-        event: NewEvent,
-    ) -> Result<EventRecord, StoreError> {
+    async fn try_append_in(tx: &mut Tx, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
         let (state, count, head) = Self::head(tx, case_ref).await?;
         if !states.contains(&state) {
             return Err(StoreError::Conflict {
@@ -213,7 +301,22 @@ impl SqliteStore {
         Self::push_event(tx, case_ref, count, &head, event).await
     }
 
-    async fn try_create_case(tx: &mut Transaction<'_, Sqlite>, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
+    /// The case's head and records, inside `tx`.
+    async fn try_log_snapshot(tx: &mut Tx, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
+        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = $1")
+            .bind(case_ref)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 ORDER BY seq")
+            .bind(case_ref)
+            .fetch_all(&mut **tx)
+            .await?;
+        let events = rows.iter().map(event_record).collect::<Result<Vec<_>, _>>()?;
+        Ok((head.try_get::<i64, _>(0)? as u64, head.try_get(1)?, events))
+    }
+
+    async fn try_create_case(tx: &mut Tx, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let inserted = sqlx::query(
             "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
@@ -256,7 +359,7 @@ impl SqliteStore {
         Self::push_event(tx, &case.case_ref, 0, GENESIS, event).await
     }
 
-    async fn try_import(tx: &mut Transaction<'_, Sqlite>, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+    async fn try_import(tx: &mut Tx, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
              base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
@@ -521,19 +624,9 @@ impl Store for SqliteStore {
     }
 
     async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
-        let mut tx = self.reader.begin().await?;
-        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = $1")
-            .bind(case_ref)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
-        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 ORDER BY seq")
-            .bind(case_ref)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let events = rows.iter().map(event_record).collect::<Result<Vec<_>, _>>()?;
-        Ok((head.try_get::<i64, _>(0)? as u64, head.try_get(1)?, events))
+        let mut tx = Tx::begin(&self.reader, "BEGIN").await?;
+        let result = Self::try_log_snapshot(&mut tx, case_ref).await;
+        finish(tx, result).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError> {
@@ -680,7 +773,7 @@ mod tests {
             .await?;
         let stale = SqliteStore::push_event(&mut tx, "C-1", 1, &first.hash, ev("forked")).await;
         anyhow::ensure!(matches!(stale, Err(StoreError::Busy(_))), "stale head: {stale:?}");
-        tx.rollback().await?;
+        finish(tx, Err::<(), _>(StoreError::Busy("C-1".into()))).await.ok();
 
         // A head set back by hand: the schema's key still refuses record 1 twice.
         let mut tx = store.begin_write().await?;
@@ -690,9 +783,77 @@ mod tests {
             .await?;
         let taken = SqliteStore::push_event(&mut tx, "C-1", 0, GENESIS, ev("forked")).await;
         anyhow::ensure!(matches!(taken, Err(StoreError::Busy(_))), "taken seq: {taken:?}");
-        tx.rollback().await?;
+        finish(tx, Err::<(), _>(StoreError::Busy("C-1".into()))).await.ok();
 
         anyhow::ensure!(store.events("C-1").await? == vec![first], "a refused append wrote a record");
+        Ok(())
+    }
+
+    fn event(name: &str) -> NewEvent {
+        NewEvent {
+            actor: "alice".into(),
+            uid: 1000,
+            event: name.into(),
+            details: serde_json::json!({}),
+        }
+    }
+
+    fn empty_case(case_ref: &str) -> NewCase {
+        NewCase {
+            case_ref: case_ref.into(),
+            requester: "alice".into(),
+            department: None,
+            submitter: None,
+            report: crate::domain::verify::Report {
+                department: None,
+                problems: Vec::new(),
+                lines: Vec::new(),
+            },
+            files: Vec::new(),
+        }
+    }
+
+    /// Writes whose commit fails (the database and its write-ahead log made
+    /// immutable under the open store, which fails their writes as a failing
+    /// disk would) are errors
+    /// and leave nothing, however often they fail; once the files can be
+    /// written again the same store takes the next writes, and a reopened
+    /// database holds exactly what was acknowledged.
+    #[tokio::test]
+    async fn failed_commits_are_errors_and_the_store_takes_writes_again() -> anyhow::Result<()> {
+        use crate::gdb::test_support::{Immutable, privileged};
+        if !privileged() {
+            eprintln!("not root: the database cannot be made immutable; not tried");
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::open(&url).await?;
+        store.create_case(empty_case("C-1"), event("opened")).await?;
+        {
+            // Not the shared-memory index: SQLite maps it, and a write to a
+            // mapped immutable file is a SIGBUS, not an error.
+            let _frozen: Vec<Immutable> = ["t.db", "t.db-wal"].iter().map(|f| Immutable::set(&dir.path().join(f))).collect();
+            for _ in 0..4 {
+                let r = store.append_in("C-1", &[CaseState::Open], event("noted")).await;
+                anyhow::ensure!(matches!(r, Err(StoreError::Db(_))), "an append on a frozen database: {r:?}");
+                let r = store.create_case(empty_case("C-2"), event("opened")).await;
+                anyhow::ensure!(matches!(r, Err(StoreError::Db(_))), "a new case on a frozen database: {r:?}");
+            }
+            // A connection made now opens the database read-only; the pool keeps it idle.
+            let mut idle = store.writer.acquire().await?;
+            sqlx::query("SELECT 1").execute(&mut *idle).await?;
+            drop(idle);
+        }
+        anyhow::ensure!(store.events("C-1").await?.len() == 1, "a failed append left a record");
+        anyhow::ensure!(store.case("C-2").await?.is_none(), "a failed create left a case");
+        let second = store.append_in("C-1", &[CaseState::Open], event("noted")).await?;
+        anyhow::ensure!(second.seq == 2, "{second:?}");
+        store.create_case(empty_case("C-2"), event("opened")).await?;
+        drop(store);
+        let store = SqliteStore::open(&url).await?;
+        anyhow::ensure!(store.events("C-1").await?.len() == 2);
+        anyhow::ensure!(store.events("C-2").await?.len() == 1);
         Ok(())
     }
 

@@ -159,20 +159,52 @@ impl Service {
         warn!(case = %case_ref, "staging did not stop within 30 s");
     }
 
-    /// Staged copies that are all there with their sizes (they were verified
-    /// and fsynced before the case was exported); `None` in direct mode.
-    pub(super) fn staged_copies(&self, case_ref: &str, files: &[CaseFile]) -> Option<Vec<(Backing, FileIdentity)>> {
+    /// Staged mode, after a start: hashes the case's staged copies again
+    /// against the catalog, so none is served again unless it is known
+    /// intact. `None` when one is missing or no longer matches (the journal
+    /// names its file id; the case is then staged again from the GDB), when
+    /// the job was stopped, or in direct mode.
+    pub(super) async fn verify_staged_copies(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        job: &Arc<StagingJob>,
+    ) -> Option<Vec<(Backing, FileIdentity)>> {
         if self.cfg.mode != Mode::Staged {
             return None;
         }
-        let mut backings = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let p = staging::staged_file(&self.cfg.staging_dir(), case_ref, i);
-            match std::fs::metadata(&p) {
-                Ok(m) if m.is_file() && m.len() == f.file.size => backings.push((Backing::Staged(p), FileIdentity::of(&m))),
-                _ => return None,
+        let staging = self.cfg.staging_dir();
+        let files = files.to_vec();
+        let case_ref = case_ref.to_string();
+        let job = job.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut backings = Vec::new();
+            for (i, f) in files.iter().enumerate() {
+                let p = staging::staged_file(&staging, &case_ref, i);
+                let e = Expect {
+                    rel: f.file.path.as_str(),
+                    size: f.file.size,
+                    sha256: &f.file.sha256,
+                };
+                match staging::verify_copy(&p, &e, &job.progress) {
+                    Ok(id) => backings.push((Backing::Staged(p), id)),
+                    Err(staging::StageError::Cancelled(_)) => return None,
+                    Err(why) => {
+                        // By file id and kind only: the error names the GDB path.
+                        let kind = match why {
+                            staging::StageError::Checksum { .. } => "its sha256 differs from the catalog's",
+                            staging::StageError::Size { .. } => "its size differs from the catalog's",
+                            _ => "it cannot be read",
+                        };
+                        warn!(case = %case_ref, file_id = %f.file.file_id, "staged copy not intact ({kind}); staging the case again");
+                        return None;
+                    }
+                }
             }
-        }
-        Some(backings)
+            Some(backings)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }

@@ -56,13 +56,15 @@ impl Service {
         let svc = self.clone();
         tokio::spawn(async move {
             let outcome = svc.stage_files(&case_ref, &files, &job).await;
-            // Off the table before the final transition, so the case can be approved again after a block.
-            crate::sync::lock(&svc.jobs).remove(&case_ref);
             if job.progress.cancel.load(Ordering::Relaxed) {
-                // Stopped by a close, which takes the case from here.
+                // Stopped by a close, which takes the case from here once the
+                // job is off the table: nothing of it may be left running then.
                 let _ = svc.remove_staging(&case_ref).await;
+                crate::sync::lock(&svc.jobs).remove(&case_ref);
                 return;
             }
+            // Off the table before the final transition, so the case can be approved again after a block.
+            crate::sync::lock(&svc.jobs).remove(&case_ref);
             svc.end_staging(&case_ref, &files, job.total, outcome).await;
         });
         Ok(())
@@ -78,18 +80,24 @@ impl Service {
         outcome: Result<Vec<(Backing, FileIdentity)>, NotServable>,
     ) {
         let mut outcome = Some(outcome);
-        // A busy or briefly failing database must not leave the case approved
-        // for good: retry, waiting without holding the lock.
-        for attempt in 0..6u32 {
+        // A busy or failing database must not leave the case approved for
+        // good: retry until the end is recorded (or the case has moved on),
+        // waiting without holding the lock.
+        let mut attempt = 0u32;
+        loop {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
             }
             match self.try_end_staging(case_ref, files, bytes, &mut outcome).await {
                 Ok(()) => return,
-                Err(e) => warn!(case = %case_ref, error = %e, attempt, "recording the end of staging failed"),
+                Err(e) if attempt == 5 => {
+                    error!(case = %case_ref, error = %e, "still cannot record the end of staging; retrying every 32 s")
+                }
+                Err(e) if attempt < 5 => warn!(case = %case_ref, error = %e, attempt, "recording the end of staging failed"),
+                Err(_) => {}
             }
+            attempt = attempt.saturating_add(1);
         }
-        error!(case = %case_ref, "could not record the end of staging; it stays approved until the next start");
     }
 
     /// One attempt of [`end_staging`](Self::end_staging); `Err` only for a database failure.
@@ -195,8 +203,11 @@ impl Service {
         let _ = tokio::task::spawn_blocking(move || table.withdraw(&case_ref)).await;
     }
 
-    /// Takes a case to a terminal state: staging stopped, the state change and
-    /// the mount change together, then cleanup and the seal.
+    /// Takes a case to a terminal state: the state change and the mount
+    /// change together, then (only once the change is recorded) staging
+    /// stopped, cleanup and the seal. A change that could not be recorded is
+    /// refused and has no effect: the case stays in the mount, and its
+    /// staging keeps running.
     pub(super) async fn end_case(
         &self,
         role: &Role,
@@ -205,18 +216,27 @@ impl Service {
         action: Action,
         details: serde_json::Value,
     ) -> Result<(), Refusal> {
-        // Only a change the rules allow may stop a running staging job.
-        let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
-        let facts = case.facts();
-        transition(role, action, facts)?;
-        self.stop_staging(case_ref).await;
-        {
+        let to = {
             let _visibility = self.visibility.lock().await;
             let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+            let to = transition(role, action, case.facts())?;
             self.take(role, actor, &case, action, details).await?;
             self.withdraw(case_ref).await;
-        }
-        self.finish(case_ref).await
+            to
+        };
+        // A staging job that ends meanwhile finds the case no longer approved
+        // and deletes what it wrote; one still running stops here.
+        self.stop_staging(case_ref).await;
+        self.finish(case_ref).await.map_err(|e| {
+            refuse(
+                e.kind,
+                format!(
+                    "case {case_ref} is {to} (recorded, and out of the mount), but its cleanup did not finish: {}; \
+                     the next expiry pass finishes it",
+                    e.message
+                ),
+            )
+        })
     }
 
     /// After a case reached a terminal state: it leaves the mount, its

@@ -2,6 +2,7 @@
 //! resumes, overdue cases expire, orphaned staging is deleted.
 
 use super::Service;
+use super::jobs::NotServable;
 use crate::audit::{Actor, EventKind};
 use crate::control::proto::Refusal;
 use crate::domain::authz::no_longer_authorized;
@@ -10,6 +11,7 @@ use crate::domain::case::{Action, CaseState, Role};
 use crate::domain::verify::CaseFile;
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tracing::{error, info, warn};
 
 impl Service {
@@ -62,8 +64,8 @@ impl Service {
         }
     }
 
-    /// After a start: visible cases come back (at once where their staged
-    /// copies are complete, after verification otherwise), interrupted staging
+    /// After a start: visible cases come back once their files are verified
+    /// again (in the background), interrupted staging
     /// restarts, interrupted closes are finished, and staging areas that
     /// belong to no live case are deleted. One case's trouble does not stop the others.
     pub async fn recover(self: &Arc<Self>) -> Result<(), Refusal> {
@@ -89,19 +91,14 @@ impl Service {
                         self.hide(&c.case_ref, &format!("no longer authorized: {reason}")).await;
                         continue;
                     }
+                    // Nothing is served again before it is known intact:
+                    // staged copies are hashed again (bytes may have changed
+                    // on disk while the daemon was down), direct-mode files
+                    // verified again; in the background.
+                    let svc = self.clone();
+                    let case_ref = c.case_ref.clone();
                     let department = c.department.clone().unwrap_or_default();
-                    match self.staged_copies(&c.case_ref, &files) {
-                        Some(backings) => match self.exported_case(&c.case_ref, &department, &files, backings) {
-                            Ok(case) => self.publish(case).await,
-                            Err(reason) => self.hide(&c.case_ref, &reason.to_string()).await,
-                        },
-                        None => {
-                            // Direct mode, or staged copies lost: verify again, in the background.
-                            let svc = self.clone();
-                            let case_ref = c.case_ref.clone();
-                            tokio::spawn(async move { svc.restore(&case_ref, &department, &files).await });
-                        }
-                    }
+                    tokio::spawn(async move { svc.restore(&case_ref, &department, &files).await });
                 }
                 _ => {}
             }
@@ -111,11 +108,13 @@ impl Service {
         Ok(())
     }
 
-    /// Verifies an exported case's files again (direct mode: the GDB file may
-    /// have changed, or lost what kept it from changing, while the daemon was
-    /// down) and publishes it if it is still visible.
+    /// Verifies a visible case's files again and publishes it if it is
+    /// still visible. Staged mode hashes the staged copies against the
+    /// catalog, and stages the case again from the GDB when one is missing or
+    /// damaged; direct mode verifies the GDB files (one may have changed, or
+    /// lost what kept it from changing, while the daemon was down).
     pub(super) async fn restore(&self, case_ref: &str, department: &str, files: &[CaseFile]) {
-        warn!(case = %case_ref, "verifying an exported case again before it comes back");
+        info!(case = %case_ref, "verifying a case's files again before it comes back");
         // Registered like any staging job, so a close stops it and waits.
         let job = match self.register_job(case_ref, files) {
             Ok(job) => job,
@@ -124,7 +123,16 @@ impl Service {
                 return;
             }
         };
-        let outcome = self.stage_files(case_ref, files, &job).await;
+        let outcome = match self.verify_staged_copies(case_ref, files, &job).await {
+            Some(intact) => Ok(intact),
+            None if job.progress.cancel.load(Ordering::Relaxed) => Err(NotServable::File(Arc::new(crate::staging::StageError::Cancelled(
+                case_ref.to_string(),
+            )))),
+            None => {
+                job.progress.done.store(0, Ordering::Relaxed);
+                self.stage_files(case_ref, files, &job).await
+            }
+        };
         crate::sync::lock(&self.jobs).remove(case_ref);
         let _visibility = self.visibility.lock().await;
         let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());

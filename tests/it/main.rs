@@ -3,8 +3,9 @@
 //! register over the control socket (`register`), the export mount through
 //! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
 //! service as systemd runs it (`systemd`); hostile local accounts (`abuse`);
-//! the CLI's output against
-//! checked-in snapshots (`snapshot`) and into a closed pipe (`cli_pipe`).
+//! a full disk, an unwritable database and damaged staged copies (`faults`);
+//! the CLI's output against checked-in snapshots (`snapshot`) and into a
+//! closed pipe (`cli_pipe`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -13,6 +14,7 @@
 mod abuse;
 mod cli_pipe;
 mod common;
+mod faults;
 mod mount;
 mod regional;
 mod register;
