@@ -17,7 +17,8 @@ A case from request form to close (staff):
   workcopy case close NGC-2026-0042
 
 Exit status: 0 on success, 1 when the daemon refused or a check failed,
-2 on a usage error, 3 when the daemon cannot be reached.";
+2 on a usage error, 3 when the daemon cannot be reached, 78 when `serve`
+finds the config or the directory wrong.";
 
 #[derive(Parser, Debug)]
 #[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]

@@ -39,6 +39,17 @@ impl Failure {
         }
     }
 
+    /// The config or the directory is wrong (`serve` at start, `config check`).
+    fn config(f: impl Into<Failure>) -> Failure {
+        match f.into() {
+            Failure::Failed { message, .. } => Failure::Failed {
+                code: crate::daemon::EX_CONFIG,
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// A write to standard output failed.
     fn output(e: std::io::Error) -> Failure {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -46,6 +57,12 @@ impl Failure {
         } else {
             Failure::refused(format!("cannot write the output: {e}"))
         }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Failure {
+        Failure::refused(m)
     }
 }
 
@@ -196,7 +213,13 @@ mod reply {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Serve => Ok(crate::daemon::run_serve(load_config(&cli)?, cli.verbose)?),
+        Command::Serve => {
+            let cfg = load_config(&cli).map_err(Failure::config)?;
+            crate::daemon::run_serve(cfg, cli.verbose).map_err(|e| match e {
+                crate::daemon::ServeError::Config(e) => Failure::config(format!("{e:#}")),
+                crate::daemon::ServeError::Failed(e) => Failure::from(e),
+            })
+        }
         Command::Status(j) => status::run(&cli, j),
         Command::Catalog(CatalogCmd::Import { file }) => catalog::import(&cli, file),
         Command::Catalog(CatalogCmd::Show { descriptor, json }) => catalog::show(&cli, descriptor, *json),

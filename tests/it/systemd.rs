@@ -214,3 +214,48 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
+
+/// `serve` as the unit runs it, to its end (it must not start).
+fn serve_until_exit(env: &Env) -> Out {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&env.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WORKCOPY_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    run_with_timeout(cmd, None, "workcopy serve")
+}
+
+#[test]
+fn a_wrong_config_or_directory_ends_serve_with_status_78_and_the_reason() {
+    // The unit tells systemd not to restart on 78.
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"), "{unit}");
+
+    let env = Env::new();
+    env.write_directory(&directory_toml("garbage [[\n"));
+    serve_until_exit(&env).code(78).stderr_has(&env.directory.display().to_string());
+
+    let env = Env::with(|o| o.extra_config = "colour = \"blue\"\n".into());
+    serve_until_exit(&env).code(78).stderr_has("colour");
+
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    write_file(
+        &env.config,
+        cfg.replace(&format!("staff_group = {STAFF_GID}"), "staff_group = \"no-such-group-here\"")
+            .as_bytes(),
+        0o644,
+    );
+    serve_until_exit(&env).code(78).stderr_has("staff_group");
+
+    // What may work on the next start (here: gdb_root not there yet, as an
+    // unmounted network filesystem) keeps the ordinary failure status.
+    let env = Env::new();
+    std::fs::rename(&env.gdb, env.root.join("gdb-elsewhere")).unwrap();
+    serve_until_exit(&env).code(1).stderr_has("gdb_root");
+}

@@ -340,6 +340,19 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     assert!(out.stdout.contains("Left for you to do"), "{out}");
     sys.sh(PREPARE).ok();
 
+    // A directory error at start: exit status 78, the reason in the journal,
+    // and systemd stops there instead of restarting every RestartSec.
+    sys.sh("cp /etc/workcopy/directory.toml /root/directory.toml && echo 'department = [' >>/etc/workcopy/directory.toml")
+        .ok();
+    sys.run(&["systemctl", "start", "workcopy.service"]).fails();
+    let p = sys.show(&["ActiveState", "Result", "ExecMainStatus", "NRestarts"]);
+    assert_eq!(p["ActiveState"], "failed", "no restart loop: {p:?}\n{}", sys.journal_text());
+    assert_eq!((p["Result"].as_str(), p["ExecMainStatus"].as_str()), ("exit-code", "78"), "{p:?}");
+    assert_eq!(p["NRestarts"], "0", "{p:?}");
+    sys.wait_for_log("/etc/workcopy/directory.toml");
+    sys.sh("cp /root/directory.toml /etc/workcopy/directory.toml && systemctl reset-failed workcopy.service")
+        .ok();
+
     // Start: systemctl returns once the daemon sent READY=1, with the export mounted.
     sys.run(&["systemctl", "start", "workcopy.service"]).ok();
     let p = sys.show(&["ActiveState", "SubState", "Type", "NRestarts", "StatusText", "MainPID"]);
