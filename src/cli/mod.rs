@@ -7,6 +7,7 @@ mod args;
 mod audit;
 mod case;
 mod catalog;
+mod config;
 mod docs;
 mod render;
 mod status;
@@ -16,7 +17,7 @@ pub use args::Cli;
 use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::{Refusal, Reply, Request};
-use args::{AuditCmd, CatalogCmd, Command};
+use args::{AuditCmd, CatalogCmd, Command, ConfigCmd};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -209,6 +210,13 @@ mod reply {
             _ => None,
         }
     }
+
+    pub(super) fn reloaded(r: Reply) -> Option<usize> {
+        match r {
+            Reply::Reloaded { departments } => Some(departments),
+            _ => None,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -228,6 +236,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+        Command::Reload => config::reload(&cli),
+        Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
     }
 }
 

@@ -295,6 +295,19 @@ pub(super) fn audit_intact(o: &mut impl Write, a: &AuditReport) -> io::Result<()
     )
 }
 
+pub(super) fn reloaded(o: &mut impl Write, departments: usize) -> io::Result<()> {
+    writeln!(o, "directory reloaded: {departments} departments")
+}
+
+pub(super) fn config_good(o: &mut impl Write, config: &Path, directory: &Path, departments: usize) -> io::Result<()> {
+    writeln!(
+        o,
+        "ok: config {} and directory {} ({departments} departments)",
+        config.display(),
+        directory.display()
+    )
+}
+
 pub(super) fn sealed_log_intact(o: &mut impl Write, case_ref: &str, records: usize) -> io::Result<()> {
     writeln!(o, "ok: sealed log of case {case_ref}, {records} records, chain intact")
 }

@@ -58,6 +58,8 @@ pub enum Request {
         case_ref: String,
     },
     AuditVerify,
+    /// Read the directory file again (what `systemctl reload` asks for).
+    Reload,
 }
 
 impl Request {
@@ -75,6 +77,7 @@ impl Request {
             Request::CaseShow { .. } => "case show",
             Request::CaseLog { .. } => "case log",
             Request::AuditVerify => "audit verify",
+            Request::Reload => "reload",
         }
     }
 }
@@ -169,11 +172,21 @@ pub struct AuditReport {
 pub enum Reply {
     Status(StatusReply),
     Imported(ImportSummary),
-    Files { files: Vec<CatalogFile> },
+    Files {
+        files: Vec<CatalogFile>,
+    },
     Case(Box<CaseView>),
-    Cases { cases: Vec<CaseRecord> },
-    Log { records: Vec<EventRecord> },
+    Cases {
+        cases: Vec<CaseRecord>,
+    },
+    Log {
+        records: Vec<EventRecord>,
+    },
     Audit(AuditReport),
+    /// The directory now in force.
+    Reloaded {
+        departments: usize,
+    },
 }
 
 pub type Response = Result<Reply, Refusal>;
@@ -204,6 +217,7 @@ mod tests {
             Request::CaseList {
                 state: Some(CaseState::Exported),
             },
+            Request::Reload,
         ];
         for r in reqs {
             let text = serde_json::to_string(&r).unwrap_or_default();

@@ -173,6 +173,18 @@ impl Service {
                 staff_only("audit verify")?;
                 self.audit_verify().await
             }
+            Request::Reload => {
+                staff_only("reload")?;
+                self.reload_directory().await.map_err(|e| {
+                    refuse(
+                        RefusalKind::Invalid,
+                        format!("directory refused; the previous directory stays in force: {e}"),
+                    )
+                })?;
+                Ok(Reply::Reloaded {
+                    departments: self.directory().departments.len(),
+                })
+            }
         }
     }
 

@@ -391,6 +391,16 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     // Reload with a good directory.
     sys.run(&["systemctl", "reload", "workcopy.service"]).ok();
     sys.wait_for_log("directory reloaded");
+    // A refused directory fails the reload, with the reason; the service
+    // stays up with the old directory.
+    sys.sh("echo 'department = [' >>/etc/workcopy/directory.toml").ok();
+    sys.run(&["systemctl", "reload", "workcopy.service"]).fails();
+    let p = sys.show(&["ActiveState", "SubState", "MainPID"]);
+    assert_eq!((p["ActiveState"].as_str(), p["SubState"].as_str()), ("active", "running"), "{p:?}");
+    sys.wait_for_log("directory refused; the previous directory stays in force");
+    sys.sh("cp /root/directory.toml /etc/workcopy/directory.toml").ok();
+    sys.run(&["systemctl", "reload", "workcopy.service"]).ok();
+    staff("config check").ok();
 
     // A crash: systemd restarts the daemon, which takes over the stale mount
     // and serves the case again.
