@@ -10,6 +10,7 @@ use crate::export::fs::{ExportFs, OpenLimits};
 use crate::service::{Service, StoreAccessLog};
 use crate::unix::ProcStaff;
 use anyhow::Context;
+use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,15 +66,25 @@ pub fn check_setup(cfg: &Config, directory: &std::path::Path) -> anyhow::Result<
 }
 
 /// Logs to stderr at info (-v info, -vv debug); `WORKCOPY_LOG` overrides.
+/// Under systemd, in the journal's form (see [`crate::journal`]); elsewhere
+/// with a timestamp and the level, coloured only on a terminal without
+/// `NO_COLOR`.
 fn init_logging(verbose: u8) {
     let filter = std::env::var("WORKCOPY_LOG")
         .ok()
         .unwrap_or_else(|| if verbose < 2 { "info" } else { "debug" }.to_string());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if crate::journal::stderr_is_journal() {
+        builder
+            .with_ansi(false)
+            .event_format(crate::journal::JournalFormat::default())
+            .try_init()
+    } else {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_target(false).with_ansi(colour).try_init()
+    };
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how we are.

@@ -20,15 +20,18 @@ pub(super) fn print(f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<(
     f(&mut out).and_then(|()| out.flush()).map_err(Failure::output)
 }
 
-/// A failure on standard error: `workcopy: ` and its first line, then the rest.
+/// A failure on standard error: `workcopy: ` and its first line, then the
+/// rest; at error priority when standard error is the journal (`serve` at
+/// start, `reload` from the unit's ExecReload=).
 pub(super) fn failure(message: &str) {
-    let mut err = io::stderr().lock();
-    let mut lines = message.lines();
+    let text = format!("workcopy: {}\n", message.trim_end_matches('\n'));
+    let text = if crate::journal::stderr_is_journal() {
+        crate::journal::with_priority(crate::journal::priority(tracing::Level::ERROR), &text)
+    } else {
+        text
+    };
     // Nothing is left to tell the user if standard error is gone too.
-    let _ = writeln!(err, "workcopy: {}", lines.next().unwrap_or(""));
-    for l in lines {
-        let _ = writeln!(err, "{l}");
-    }
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Overwrites the progress line on standard error (a terminal).

@@ -80,6 +80,25 @@ impl Request {
             Request::Reload => "reload",
         }
     }
+
+    /// The case the request is about, if it names one (for the daemon's log).
+    pub fn case_ref(&self) -> Option<&str> {
+        match self {
+            Request::CaseOpen { case_ref, .. }
+            | Request::CaseApprove { case_ref }
+            | Request::CaseReject { case_ref, .. }
+            | Request::CaseConfirm { case_ref, .. }
+            | Request::CaseClose { case_ref, .. }
+            | Request::CaseShow { case_ref }
+            | Request::CaseLog { case_ref } => Some(case_ref),
+            Request::Status
+            | Request::CatalogImport
+            | Request::CatalogShow { .. }
+            | Request::CaseList { .. }
+            | Request::AuditVerify
+            | Request::Reload => None,
+        }
+    }
 }
 
 /// Why a request was refused. `kind` lets scripts tell refusals apart.

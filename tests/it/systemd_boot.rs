@@ -423,6 +423,52 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
         "after the restart the case reads the same"
     );
 
+    // Someone who is neither staff nor a transfer account: a warning.
+    sys.sh("setpriv --reuid=4242 --regid=4242 --clear-groups workcopy --socket /run/workcopy/control.sock case list")
+        .fails();
+    sys.wait_for_log("refused: caller is neither staff");
+
+    // The journal: each line at its priority, no colour codes (which make
+    // journalctl show a message as binary), no second timestamp, the case
+    // named in every line about one.
+    let entries: Vec<_> = sys.journal().into_iter().filter(|e| e["SYSLOG_IDENTIFIER"] == "workcopy").collect();
+    assert!(entries.len() > 10, "{}", sys.journal_text());
+    let at = |text: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| message(e).contains(text))
+            .map(|e| e["PRIORITY"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    for (text, priority) in [
+        ("workcopy serving", "6"),
+        ("refused: caller is neither staff", "4"),
+        ("detaching a stale mount", "4"),
+        // The daemon's refusal, and the reload command's failure.
+        ("directory reload refused", "3"),
+        ("workcopy: directory refused", "3"),
+        // serve's refusal to start on the broken directory.
+        ("workcopy: directory /etc/workcopy/directory.toml", "3"),
+    ] {
+        let found = at(text);
+        assert!(
+            !found.is_empty() && found.iter().all(|p| p == priority),
+            "{text:?} at priorities {found:?}, not {priority}\n{}",
+            sys.journal_text()
+        );
+    }
+    for e in &entries {
+        assert!(e["MESSAGE"].is_string(), "a binary message (colour codes?): {e}");
+        let m = message(e);
+        assert!(!m.contains('\u{1b}'), "colour codes in {m:?}");
+        let stamped = m.len() > 10 && m[..4].bytes().all(|b| b.is_ascii_digit()) && m.as_bytes()[4] == b'-';
+        assert!(!stamped, "a second timestamp in {m:?}");
+        assert!(!m.starts_with('<'), "a priority prefix journald did not take: {m:?}");
+        if m.contains("op=\"case ") && !m.contains("op=\"case list\"") {
+            assert!(m.contains(&format!("case={CASE}")), "the case is not named in {m:?}");
+        }
+    }
+
     // The exposure of the unit as the running manager sees it.
     let out = sys.run(&["systemd-analyze", "security", "--no-pager", "workcopy.service"]).ok();
     let line = out
