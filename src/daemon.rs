@@ -221,6 +221,14 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
             sd_notify(&format!("STATUS={}", expiry.status_line().await));
         }
     });
+    // STATUS= follows every registration and state change, not only the timer.
+    let status = svc.clone();
+    tokio::spawn(async move {
+        loop {
+            status.state_changed.notified().await;
+            sd_notify(&format!("STATUS={}", status.status_line().await));
+        }
+    });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

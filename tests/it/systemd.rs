@@ -259,3 +259,36 @@ fn a_wrong_config_or_directory_ends_serve_with_status_78_and_the_reason() {
     std::fs::rename(&env.gdb, env.root.join("gdb-elsewhere")).unwrap();
     serve_until_exit(&env).code(1).stderr_has("gdb_root");
 }
+
+#[test]
+fn status_follows_every_state_change_at_once() {
+    let mut env = Env::new();
+    let sock_path = env.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    env.start_with(&[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    env.import_catalog();
+    // The expiry timer runs every 60 s with the default case_ttl: the
+    // statuses below come from the changes themselves.
+    let mut buf = [0u8; 4096];
+    let mut wait_for = |want: &str| {
+        let mut seen = Vec::new();
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no STATUS= with {want:?} within 10 s ({e}); saw {seen:?}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.contains("STATUS=") && msg.contains(want) {
+                return;
+            }
+            seen.push(msg);
+        }
+    };
+    wait_for("0 exported, 0 awaiting approval");
+    env.cli(&["case", "open", "ST-1", "--requester", ALICE, "GDB-0001"]).ok();
+    wait_for("0 exported, 1 awaiting approval");
+    env.cli(&["case", "approve", "ST-1"]).ok();
+    wait_for("1 exported, 0 awaiting approval, 0 staging");
+    env.cli(&["case", "close", "ST-1", "--force", "--reason", "withdrawn"]).ok();
+    wait_for("0 exported, 0 awaiting approval, 0 staging");
+}

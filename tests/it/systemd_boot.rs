@@ -379,6 +379,13 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     staff(&format!("case approve {CASE}"))
         .ok()
         .stdout_has("exported: 2 file(s) readable");
+    // systemctl status shows it at once (STATUS= follows each change).
+    let mut status = String::new();
+    let shown = wait_until(Duration::from_secs(5), || {
+        status = sys.show(&["StatusText"])["StatusText"].clone();
+        status.starts_with("1 exported")
+    });
+    assert!(shown, "StatusText={status}");
 
     // The transfer account pulls it with rsync and checks it.
     let pull = format!(
