@@ -169,7 +169,7 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
     assert!(text.contains("Left for you to do"), "{text}");
     for f in [
         "usr/local/bin/workcopy",
-        "etc/systemd/system/workcopy.service",
+        "usr/lib/systemd/system/workcopy.service",
         "usr/lib/sysusers.d/workcopy.conf",
         "usr/lib/tmpfiles.d/workcopy.conf",
         "etc/workcopy/workcopy.toml",
@@ -199,8 +199,63 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
         "# mine\n"
     );
     assert!(root.join("etc/workcopy/directory.toml.example").is_file());
+
+    // The unit's documentation is installed where it points.
+    let shipped = std::fs::read_to_string(UNIT).unwrap();
+    let docs = shipped.lines().find_map(|l| l.strip_prefix("Documentation=")).unwrap();
+    for d in docs.split_whitespace() {
+        match d.strip_prefix("file://") {
+            Some(p) => assert!(
+                root.join(p.trim_start_matches('/')).is_file(),
+                "Documentation= {d} is not installed"
+            ),
+            None => assert_eq!(d, "man:workcopy(1)"),
+        }
+    }
+    // No path of the config is hard-coded in the unit or the tmpfiles snippet.
+    let tmpfiles = std::fs::read_to_string(root.join("usr/lib/tmpfiles.d/workcopy.conf")).unwrap();
+    for text in [&shipped, &tmpfiles] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| !l.starts_with('#') && (l.contains("/srv") || l.starts_with("RequiresMountsFor="))),
+            "{text}"
+        );
+    }
+
+    // A unit in /etc/systemd/system (an earlier install's place) overrides the
+    // shipped one: an unchanged copy goes, an edited one stays, with a warning.
+    let etc_unit = root.join("etc/systemd/system/workcopy.service");
+    std::fs::create_dir_all(etc_unit.parent().unwrap()).unwrap();
+    std::fs::write(&etc_unit, &shipped).unwrap();
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!etc_unit.exists(), "an unchanged copy in /etc is removed");
+    let edited = shipped.replace("TimeoutStopSec=30", "TimeoutStopSec=90");
+    std::fs::write(&etc_unit, &edited).unwrap();
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&etc_unit).unwrap(),
+        edited,
+        "an edited unit is never overwritten"
+    );
+    assert!(
+        err.contains("overrides the shipped unit") && err.contains("systemctl edit workcopy"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("drop-in (systemctl edit workcopy)"), "{text}");
+
     // The installed unit, with its binary where it says, verifies.
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/workcopy.service"))
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/workcopy.service"))
         .unwrap()
         .replace("/usr/local/bin/workcopy", root.join("usr/local/bin/workcopy").to_str().unwrap());
     let path = tmp.path().join("workcopy.service");

@@ -430,6 +430,36 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
         "after the restart the case reads the same"
     );
 
+    // The upgrade path: install again while the service runs (its mount on
+    // /srv/workcopy included), then restart. A local drop-in survives it.
+    sys.sh("mkdir -p /etc/systemd/system/workcopy.service.d && \
+         printf '[Service]\\nEnvironment=WORKCOPY_SITE=local\\n' >/etc/systemd/system/workcopy.service.d/site.conf")
+        .ok();
+    let out = sys.run(&[&format!("{SHARE}/src/scripts/install"), "--bin", &format!("{SHARE}/src/workcopy")]);
+    out.ok()
+        .stdout_has("systemctl restart workcopy")
+        .stdout_has("systemctl edit workcopy");
+    sys.run(&["systemctl", "restart", "workcopy.service"]).ok();
+    let p = sys.show(&["ActiveState", "FragmentPath", "DropInPaths", "Environment", "Documentation"]);
+    assert_eq!(p["ActiveState"], "active", "{p:?}\n{}", sys.journal_text());
+    // /usr/lib, or /lib where /lib is a link to it.
+    assert!(
+        ["/usr/lib/systemd/system/workcopy.service", "/lib/systemd/system/workcopy.service"].contains(&p["FragmentPath"].as_str()),
+        "{p:?}"
+    );
+    assert!(
+        p["DropInPaths"].contains("site.conf") && p["Environment"].contains("WORKCOPY_SITE=local"),
+        "{p:?}"
+    );
+    assert_eq!(sys.sh(&reread).ok().stdout.split(' ').next(), want.split(' ').next());
+    // Documentation= points at what is installed.
+    for doc in p["Documentation"].split_whitespace().map(|d| d.trim_matches('"')) {
+        match doc.strip_prefix("file://") {
+            Some(path) => sys.run(&["test", "-f", path]).ok(),
+            None => sys.run(&["man", "-w", doc.trim_start_matches("man:").trim_end_matches("(1)")]).ok(),
+        };
+    }
+
     // Someone who is neither staff nor a transfer account: a warning.
     sys.sh("setpriv --reuid=4242 --regid=4242 --clear-groups workcopy --socket /run/workcopy/control.sock case list")
         .fails();
