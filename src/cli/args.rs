@@ -40,7 +40,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: mount the export, listen on the control socket
     Serve,
-    /// Mount, mode, read path and cases per state (staff)
+    /// Uptime, mount, mode, read path, catalog, cases per state, staging use (staff)
     Status(JsonFlag),
     /// The GDB catalog (staff)
     #[command(subcommand)]

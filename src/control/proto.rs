@@ -144,10 +144,21 @@ pub struct StatusReply {
     /// `None` while nothing is mounted.
     pub read_path: Option<ReadPath>,
     pub catalog_files: u64,
+    /// When an import last added or changed a catalog file (RFC 3339).
+    #[serde(default)]
+    pub catalog_changed_at: Option<String>,
     pub cases: Vec<(CaseState, u64)>,
     pub directory_departments: usize,
     pub bytes_served: u64,
     pub pulls_in_progress: u64,
+    /// When this daemon started (RFC 3339), and how long ago in seconds.
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub uptime_secs: u64,
+    /// Bytes of the staged copies under `<state_dir>/staging`.
+    #[serde(default)]
+    pub staging_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,8 @@ pub struct Service {
     /// refreshes systemd's STATUS= line on it). A change while nobody waits
     /// is kept until the next wait.
     pub state_changed: tokio::sync::Notify,
+    /// When the service was built (the daemon's start), for `status`.
+    started: (std::time::Instant, String),
 }
 
 impl Service {
@@ -84,6 +86,7 @@ impl Service {
             finishing: tokio::sync::Mutex::new(()),
             refusals_recorded: Mutex::new(HashMap::new()),
             state_changed: tokio::sync::Notify::new(),
+            started: (std::time::Instant::now(), crate::audit::now_rfc3339()),
         }))
     }
 
