@@ -2,13 +2,18 @@
 //! systemd as PID 1 in private namespaces (pid, mount, uts, ipc, net,
 //! cgroup) over copy-on-write overlays of the host's /etc, /usr and /var;
 //! `scripts/install` puts workcopy in place there as an admin would, and the
-//! test drives the service with `systemctl` through a start with READY=1, an
-//! approval, a pull by the transfer account, reloads, a crash with the
-//! automatic restart over the stale mount, and stop, and reads what the
-//! journal and `systemd-analyze security` say about it.
+//! test drives the service with `systemctl` through a start refused with
+//! status 78 (no restart loop), a start with READY=1, an approval (STATUS=
+//! follows it), a pull by the transfer account, reloads good and refused, a
+//! crash with the automatic restart over the stale mount, an upgrade by
+//! re-running the install under the running service, a regional pull over
+//! ssh through the gate with its receipt, and stop; and it reads what the
+//! journal (priorities, no colour, no second timestamp, the case named) and
+//! `systemd-analyze security` say.
 //!
 //! Needs root, /lib/systemd/systemd, unshare/nsenter (util-linux), ip
-//! (iproute2), overlayfs and a writable cgroup2 hierarchy. Nothing on the
+//! (iproute2), sshd (openssh-server), overlayfs and a writable cgroup2
+//! hierarchy. Nothing on the
 //! host changes: everything the booted system writes stays in a temporary
 //! directory, and every mount dies with the namespaces.
 
@@ -323,6 +328,47 @@ chmod 0640 /srv/gdb/run1/*
 } >/srv/gdb/catalog.tsv
 "#;
 
+/// The regional side inside the booted system: an sshd on 127.0.0.1:2222 (a
+/// transient unit) that lets in only xfer-rh, whose authorized_keys forces
+/// the installed workcopy-ssh-gate for the key of the account `regional`,
+/// the department's server's account.
+const SSH_SETUP: &str = r#"
+usermod --password '*' xfer-rh     # unlocked for key logins (this sshd runs without PAM)
+useradd --create-home --shell /bin/bash regional
+install -d -m 0700 -o regional -g regional /home/regional/.ssh /home/regional/in
+setpriv --reuid=regional --regid=regional --init-groups ssh-keygen -q -t ed25519 -N '' -f /home/regional/.ssh/workcopy
+install -d -m 0700 -o xfer-rh -g xfer-rh /home/xfer-rh/.ssh
+printf 'command="/usr/lib/workcopy/workcopy-ssh-gate",restrict %s
+' "$(cat /home/regional/.ssh/workcopy.pub)"   >/home/xfer-rh/.ssh/authorized_keys
+chown xfer-rh:xfer-rh /home/xfer-rh/.ssh/authorized_keys
+chmod 0600 /home/xfer-rh/.ssh/authorized_keys
+install -d -m 0700 /root/sshd
+ssh-keygen -q -t ed25519 -N '' -f /root/sshd/host_key
+printf '[127.0.0.1]:2222 %s
+' "$(cut -d' ' -f1,2 /root/sshd/host_key.pub)" >/home/regional/.ssh/known_hosts
+chown regional:regional /home/regional/.ssh/known_hosts
+cat >/root/sshd/config <<CONF
+Port 2222
+ListenAddress 127.0.0.1
+HostKey /root/sshd/host_key
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowUsers xfer-rh
+PrintMotd no
+UseDNS no
+CONF
+install -d -m 0755 /run/sshd      # privilege separation
+/usr/sbin/sshd -t -f /root/sshd/config
+systemd-run --quiet --unit=workcopy-test-sshd /usr/sbin/sshd -D -e -f /root/sshd/config
+for _ in $(seq 100); do
+  if (exec 3<>/dev/tcp/127.0.0.1/2222) 2>/dev/null; then exit 0; fi
+  sleep 0.05
+done
+echo "sshd did not listen on 127.0.0.1:2222" >&2
+exit 1
+"#;
+
 /// Runs the workcopy CLI in the booted system as `user` (with that user's groups).
 fn as_user(user: &str, cmd: &str) -> String {
     format!("setpriv --reuid={user} --regid={user} --init-groups env HOME=/home/{user} {cmd}")
@@ -459,6 +505,27 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
             None => sys.run(&["man", "-w", doc.trim_start_matches("man:").trim_end_matches("(1)")]).ok(),
         };
     }
+
+    // The regional pull over ssh: workcopy-pull on the department's side,
+    // the gate on the transfer host, rrsync on the mount, then `confirm`.
+    sys.sh(SSH_SETUP).ok();
+    let pull = as_user(
+        "regional",
+        &format!(
+            "/usr/lib/workcopy/workcopy-pull --port 2222 --identity /home/regional/.ssh/workcopy \
+             -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/home/regional/.ssh/known_hosts \
+             xfer-rh@127.0.0.1 {CASE} /home/regional/in"
+        ),
+    );
+    let out = sys.sh(&pull);
+    assert_eq!(
+        out.status,
+        0,
+        "{out}\n{}",
+        sys.run(&["journalctl", "--unit=workcopy-test-sshd", "--no-pager"])
+    );
+    let state = staff(&format!("case show {CASE} --json")).ok().json()["case"]["state"].clone();
+    assert_eq!(state, "received", "the receipt came back through the gate");
 
     // Someone who is neither staff nor a transfer account: a warning.
     sys.sh("setpriv --reuid=4242 --regid=4242 --clear-groups workcopy --socket /run/workcopy/control.sock case list")
