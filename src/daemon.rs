@@ -10,6 +10,7 @@ use crate::export::fs::{ExportFs, OpenLimits};
 use crate::service::{Service, StoreAccessLog};
 use crate::unix::ProcStaff;
 use anyhow::Context;
+use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,29 +18,73 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
+/// The exit status of `serve` (and `config check`) when the config or the
+/// directory is wrong: EX_CONFIG of sysexits.h. The unit names it in
+/// `RestartPreventExitStatus=`, so systemd stops there instead of restarting
+/// a daemon that cannot start until an admin edits a file.
+pub const EX_CONFIG: u8 = 78;
+
+/// Why `serve` ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config or the directory is wrong: starting again cannot help.
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    /// Anything else (the database, the mount, the socket, gdb_root), which
+    /// may well work on the next start.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
 /// Runs the daemon until SIGTERM or SIGINT: `workcopy serve`.
-pub fn run_serve(cfg: Config, verbose: u8) -> anyhow::Result<()> {
+pub fn run_serve(cfg: Config, verbose: u8) -> Result<(), ServeError> {
     init_logging(verbose);
+    let setup = check_setup(&cfg, &cfg.directory).map_err(ServeError::Config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let result = rt.block_on(serve(cfg));
+    let result = rt.block_on(serve(cfg, setup));
     // Staging or hashing still running must not hold up the stop.
     rt.shutdown_timeout(Duration::from_secs(5));
-    result
+    Ok(result?)
+}
+
+/// What the daemon reads at start besides the config and what a restart
+/// cannot change: the directory (from `directory`, normally the config's)
+/// and the staff group the config names. `workcopy config check` runs it too.
+pub struct Setup {
+    pub directory: Directory,
+    pub staff_gid: u32,
+}
+
+pub fn check_setup(cfg: &Config, directory: &std::path::Path) -> anyhow::Result<Setup> {
+    let directory = Directory::load(directory, &crate::unix::resolve_user)?;
+    let staff_gid = crate::unix::resolve_group(&cfg.staff_group)
+        .map_err(|e| anyhow::anyhow!("config {}: key `staff_group`: {e}", cfg.source.display()))?;
+    Ok(Setup { directory, staff_gid })
 }
 
 /// Logs to stderr at info (-v info, -vv debug); `WORKCOPY_LOG` overrides.
+/// Under systemd, in the journal's form (see [`crate::journal`]); elsewhere
+/// with a timestamp and the level, coloured only on a terminal without
+/// `NO_COLOR`.
 fn init_logging(verbose: u8) {
     let filter = std::env::var("WORKCOPY_LOG")
         .ok()
         .unwrap_or_else(|| if verbose < 2 { "info" } else { "debug" }.to_string());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if crate::journal::stderr_is_journal() {
+        builder
+            .with_ansi(false)
+            .event_format(crate::journal::JournalFormat::default())
+            .try_init()
+    } else {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_target(false).with_ansi(colour).try_init()
+    };
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how we are.
@@ -71,11 +116,9 @@ fn prepare_dirs(cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Opens the case register and builds the service (nothing mounted or listening yet).
-pub async fn open_service(cfg: Config) -> anyhow::Result<Arc<Service>> {
+pub async fn open_service(cfg: Config, setup: Setup) -> anyhow::Result<Arc<Service>> {
     prepare_dirs(&cfg)?;
-    let directory = Directory::load(&cfg.directory, &crate::unix::resolve_user)?;
-    let staff_gid = crate::unix::resolve_group(&cfg.staff_group)
-        .map_err(|e| anyhow::anyhow!("config {}: key `staff_group`: {e}", cfg.source.display()))?;
+    let Setup { directory, staff_gid } = setup;
     // A store error's text already names its cause, which it also keeps as its
     // source: one message, so the cause is not printed twice.
     let store = crate::db::open(&cfg.database_url)
@@ -131,8 +174,8 @@ pub fn export_fs(svc: &Arc<Service>) -> Arc<ExportFs> {
     fs
 }
 
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let svc = open_service(cfg).await?;
+pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
+    let svc = open_service(cfg, setup).await?;
     // Binding first also tells whether another daemon is running.
     let listener = server::bind(&svc.cfg.socket).with_context(|| format!("cannot listen on {}", svc.cfg.socket.display()))?;
     let socket_path = svc.cfg.socket.clone();
@@ -176,6 +219,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 error!(error = %e, "expiry pass failed");
             }
             sd_notify(&format!("STATUS={}", expiry.status_line().await));
+        }
+    });
+    // STATUS= follows every registration and state change, not only the timer.
+    let status = svc.clone();
+    tokio::spawn(async move {
+        loop {
+            status.state_changed.notified().await;
+            sd_notify(&format!("STATUS={}", status.status_line().await));
         }
     });
     let mut hup = signal(SignalKind::hangup())?;

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod export;
 pub mod gdb;
+pub mod journal;
 pub mod names;
 pub mod receipt;
 pub mod service;

@@ -17,7 +17,8 @@ A case from request form to close (staff):
   workcopy case close NGC-2026-0042
 
 Exit status: 0 on success, 1 when the daemon refused or a check failed,
-2 on a usage error, 3 when the daemon cannot be reached.";
+2 on a usage error, 3 when the daemon cannot be reached, 78 when `serve`
+or `config check` finds the config or the directory wrong.";
 
 #[derive(Parser, Debug)]
 #[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]
@@ -39,7 +40,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: mount the export, listen on the control socket
     Serve,
-    /// Mount, mode, read path and cases per state (staff)
+    /// Uptime, mount, mode, read path, catalog, cases per state, staging use (staff)
     Status(JsonFlag),
     /// The GDB catalog (staff)
     #[command(subcommand)]
@@ -50,6 +51,14 @@ pub enum Command {
     /// Check the case logs' hash chains
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Make the daemon read the directory again (staff); fails with the reason when it is refused
+    #[command(
+        after_help = "A refused directory leaves the previous one in force. The unit's ExecReload=\nruns this, so `systemctl reload workcopy` fails when the directory is refused.\n\nExample:\n  workcopy config check && workcopy reload"
+    )]
+    Reload,
+    /// Check the config and the directory without a daemon
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example:\n  workcopy completions bash > /usr/share/bash-completion/completions/workcopy")]
     Completions { shell: clap_complete::Shell },
@@ -159,6 +168,19 @@ pub enum CaseCmd {
         case_ref: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check the config (--config) and the directory it names, as `serve` does at start
+    #[command(
+        after_help = "Exits 0 when both are good, 78 with the reason when not; talks to no daemon.\n\nExample:\n  workcopy config check --directory /etc/workcopy/directory.toml.new"
+    )]
+    Check {
+        /// Check this directory file instead of the one the config names
+        #[arg(long, value_name = "PATH")]
+        directory: Option<PathBuf>,
     },
 }
 

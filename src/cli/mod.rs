@@ -7,6 +7,7 @@ mod args;
 mod audit;
 mod case;
 mod catalog;
+mod config;
 mod docs;
 mod render;
 mod status;
@@ -16,7 +17,7 @@ pub use args::Cli;
 use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::{Refusal, Reply, Request};
-use args::{AuditCmd, CatalogCmd, Command};
+use args::{AuditCmd, CatalogCmd, Command, ConfigCmd};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -39,6 +40,17 @@ impl Failure {
         }
     }
 
+    /// The config or the directory is wrong (`serve` at start, `config check`).
+    fn config(f: impl Into<Failure>) -> Failure {
+        match f.into() {
+            Failure::Failed { message, .. } => Failure::Failed {
+                code: crate::daemon::EX_CONFIG,
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// A write to standard output failed.
     fn output(e: std::io::Error) -> Failure {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -46,6 +58,12 @@ impl Failure {
         } else {
             Failure::refused(format!("cannot write the output: {e}"))
         }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Failure {
+        Failure::refused(m)
     }
 }
 
@@ -192,11 +210,24 @@ mod reply {
             _ => None,
         }
     }
+
+    pub(super) fn reloaded(r: Reply) -> Option<usize> {
+        match r {
+            Reply::Reloaded { departments } => Some(departments),
+            _ => None,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Serve => Ok(crate::daemon::run_serve(load_config(&cli)?, cli.verbose)?),
+        Command::Serve => {
+            let cfg = load_config(&cli).map_err(Failure::config)?;
+            crate::daemon::run_serve(cfg, cli.verbose).map_err(|e| match e {
+                crate::daemon::ServeError::Config(e) => Failure::config(format!("{e:#}")),
+                crate::daemon::ServeError::Failed(e) => Failure::from(e),
+            })
+        }
         Command::Status(j) => status::run(&cli, j),
         Command::Catalog(CatalogCmd::Import { file }) => catalog::import(&cli, file),
         Command::Catalog(CatalogCmd::Show { descriptor, json }) => catalog::show(&cli, descriptor, *json),
@@ -205,6 +236,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+        Command::Reload => config::reload(&cli),
+        Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
     }
 }
 

@@ -20,15 +20,18 @@ pub(super) fn print(f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<(
     f(&mut out).and_then(|()| out.flush()).map_err(Failure::output)
 }
 
-/// A failure on standard error: `workcopy: ` and its first line, then the rest.
+/// A failure on standard error: `workcopy: ` and its first line, then the
+/// rest; at error priority when standard error is the journal (`serve` at
+/// start, `reload` from the unit's ExecReload=).
 pub(super) fn failure(message: &str) {
-    let mut err = io::stderr().lock();
-    let mut lines = message.lines();
+    let text = format!("workcopy: {}\n", message.trim_end_matches('\n'));
+    let text = if crate::journal::stderr_is_journal() {
+        crate::journal::with_priority(crate::journal::priority(tracing::Level::ERROR), &text)
+    } else {
+        text
+    };
     // Nothing is left to tell the user if standard error is gone too.
-    let _ = writeln!(err, "workcopy: {}", lines.next().unwrap_or(""));
-    for l in lines {
-        let _ = writeln!(err, "{l}");
-    }
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Overwrites the progress line on standard error (a terminal).
@@ -68,10 +71,19 @@ pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()>
         mounted: bool,
         read_path: &'static str,
         catalog_files: u64,
+        catalog_changed_at: Option<&'a str>,
+        /// Cases per state, as an object in the states' order.
+        #[serde(serialize_with = "by_state")]
         cases: &'a [(crate::domain::case::CaseState, u64)],
         directory_departments: usize,
         bytes_served: u64,
         pulls_in_progress: u64,
+        started_at: &'a str,
+        uptime_secs: u64,
+        staging_bytes: u64,
+    }
+    fn by_state<S: serde::Serializer>(cases: &&[(crate::domain::case::CaseState, u64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(cases.iter().map(|(state, n)| (state, n)))
     }
     json(
         o,
@@ -82,16 +94,21 @@ pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()>
             mounted: s.mounted,
             read_path: read_path(s.read_path),
             catalog_files: s.catalog_files,
+            catalog_changed_at: s.catalog_changed_at.as_deref(),
             cases: &s.cases,
             directory_departments: s.directory_departments,
             bytes_served: s.bytes_served,
             pulls_in_progress: s.pulls_in_progress,
+            started_at: &s.started_at,
+            uptime_secs: s.uptime_secs,
+            staging_bytes: s.staging_bytes,
         },
     )
 }
 
 pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
     writeln!(o, "workcopy {}", s.version)?;
+    writeln!(o, "up          since {}, {}", s.started_at, uptime(s.uptime_secs))?;
     writeln!(
         o,
         "mount       {} ({})",
@@ -100,7 +117,10 @@ pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
     )?;
     writeln!(o, "mode        {}", s.mode)?;
     writeln!(o, "read path   {}", read_path(s.read_path))?;
-    writeln!(o, "catalog     {} files", s.catalog_files)?;
+    match &s.catalog_changed_at {
+        Some(at) => writeln!(o, "catalog     {} files, last changed by an import at {at}", s.catalog_files)?,
+        None => writeln!(o, "catalog     {} files", s.catalog_files)?,
+    }
     writeln!(o, "directory   {} departments", s.directory_departments)?;
     let counted = if s.read_path == Some(ReadPath::Passthrough) {
         " (reads the kernel passes through are not counted)"
@@ -109,6 +129,7 @@ pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
     };
     writeln!(o, "served      {} bytes{counted}", s.bytes_served)?;
     writeln!(o, "pulls       {} case file(s) open now", s.pulls_in_progress)?;
+    writeln!(o, "staging     {} bytes of staged copies", s.staging_bytes)?;
     writeln!(
         o,
         "cases       {}",
@@ -295,6 +316,19 @@ pub(super) fn audit_intact(o: &mut impl Write, a: &AuditReport) -> io::Result<()
     )
 }
 
+pub(super) fn reloaded(o: &mut impl Write, departments: usize) -> io::Result<()> {
+    writeln!(o, "directory reloaded: {departments} departments")
+}
+
+pub(super) fn config_good(o: &mut impl Write, config: &Path, directory: &Path, departments: usize) -> io::Result<()> {
+    writeln!(
+        o,
+        "ok: config {} and directory {} ({departments} departments)",
+        config.display(),
+        directory.display()
+    )
+}
+
 pub(super) fn sealed_log_intact(o: &mut impl Write, case_ref: &str, records: usize) -> io::Result<()> {
     writeln!(o, "ok: sealed log of case {case_ref}, {records} records, chain intact")
 }
@@ -332,6 +366,20 @@ fn table(o: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> io::Result<
 }
 
 /// Bytes in binary units with one decimal: `1.5 MiB`.
+/// `3d 4h`, `2h 05m`, `7m 30s`, `12s`.
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
 fn human(bytes: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes;
@@ -377,6 +425,14 @@ mod tests {
             text(|o| table(o, &["REF", "STATE", "NOTE"], &rows)),
             "REF  STATE     NOTE\nR1   exported  x\n"
         );
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(uptime(12), "12s");
+        assert_eq!(uptime(450), "7m 30s");
+        assert_eq!(uptime(7500), "2h 05m");
+        assert_eq!(uptime(3 * 86400 + 4 * 3600 + 59), "3d 4h");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Request {
         case_ref: String,
     },
     AuditVerify,
+    /// Read the directory file again (what `systemctl reload` asks for).
+    Reload,
 }
 
 impl Request {
@@ -75,6 +77,26 @@ impl Request {
             Request::CaseShow { .. } => "case show",
             Request::CaseLog { .. } => "case log",
             Request::AuditVerify => "audit verify",
+            Request::Reload => "reload",
+        }
+    }
+
+    /// The case the request is about, if it names one (for the daemon's log).
+    pub fn case_ref(&self) -> Option<&str> {
+        match self {
+            Request::CaseOpen { case_ref, .. }
+            | Request::CaseApprove { case_ref }
+            | Request::CaseReject { case_ref, .. }
+            | Request::CaseConfirm { case_ref, .. }
+            | Request::CaseClose { case_ref, .. }
+            | Request::CaseShow { case_ref }
+            | Request::CaseLog { case_ref } => Some(case_ref),
+            Request::Status
+            | Request::CatalogImport
+            | Request::CatalogShow { .. }
+            | Request::CaseList { .. }
+            | Request::AuditVerify
+            | Request::Reload => None,
         }
     }
 }
@@ -122,10 +144,21 @@ pub struct StatusReply {
     /// `None` while nothing is mounted.
     pub read_path: Option<ReadPath>,
     pub catalog_files: u64,
+    /// When an import last added or changed a catalog file (RFC 3339).
+    #[serde(default)]
+    pub catalog_changed_at: Option<String>,
     pub cases: Vec<(CaseState, u64)>,
     pub directory_departments: usize,
     pub bytes_served: u64,
     pub pulls_in_progress: u64,
+    /// When this daemon started (RFC 3339), and how long ago in seconds.
+    #[serde(default)]
+    pub started_at: String,
+    #[serde(default)]
+    pub uptime_secs: u64,
+    /// Bytes of the staged copies under `<state_dir>/staging`.
+    #[serde(default)]
+    pub staging_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +202,21 @@ pub struct AuditReport {
 pub enum Reply {
     Status(StatusReply),
     Imported(ImportSummary),
-    Files { files: Vec<CatalogFile> },
+    Files {
+        files: Vec<CatalogFile>,
+    },
     Case(Box<CaseView>),
-    Cases { cases: Vec<CaseRecord> },
-    Log { records: Vec<EventRecord> },
+    Cases {
+        cases: Vec<CaseRecord>,
+    },
+    Log {
+        records: Vec<EventRecord>,
+    },
     Audit(AuditReport),
+    /// The directory now in force.
+    Reloaded {
+        departments: usize,
+    },
 }
 
 pub type Response = Result<Reply, Refusal>;
@@ -204,6 +247,7 @@ mod tests {
             Request::CaseList {
                 state: Some(CaseState::Exported),
             },
+            Request::Reload,
         ];
         for r in reqs {
             let text = serde_json::to_string(&r).unwrap_or_default();

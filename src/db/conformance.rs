@@ -278,13 +278,23 @@ pub async fn resolve_matches_file_id_path_and_base_name(store: Arc<dyn Store>) -
 
 pub async fn catalog_size_counts_files(store: Arc<dyn Store>) -> anyhow::Result<()> {
     ensure!(store.catalog_size().await? == 0, "a new store has files");
+    ensure!(store.catalog_changed_at().await?.is_none(), "an empty catalog was never changed");
     store
         .import_catalog(rows(&[file("F1", "a/x.fq", 1)?, file("F2", "a/y.fq", 2)?]))
         .await?;
+    let first = store.catalog_changed_at().await?;
+    ensure!(
+        first
+            .as_deref()
+            .is_some_and(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok()),
+        "an import records when it changed the catalog: {first:?}"
+    );
     store
         .import_catalog(rows(&[file("F2", "a/y.fq", 3)?, file("F3", "a/z.fq", 3)?]))
         .await?;
     ensure!(store.catalog_size().await? == 3, "three files imported");
+    let second = store.catalog_changed_at().await?;
+    ensure!(second >= first, "the later import's time: {second:?} after {first:?}");
     Ok(())
 }
 

@@ -87,6 +87,9 @@ pub trait Store: Send + Sync + 'static {
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
     /// The number of files in the catalog.
     async fn catalog_size(&self) -> Result<u64, StoreError>;
+    /// When an import last added or changed a catalog file (RFC 3339), or
+    /// `None` for an empty catalog. An import that changed nothing leaves it.
+    async fn catalog_changed_at(&self) -> Result<Option<String>, StoreError>;
 
     /// Registers a case in state `open` with its files and its first log
     /// record (seq 1), atomically; [`StoreError::Exists`] when the reference

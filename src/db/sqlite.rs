@@ -550,6 +550,12 @@ impl Store for SqliteStore {
             .await? as u64)
     }
 
+    async fn catalog_changed_at(&self) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<String>>("SELECT MAX(imported_at) FROM catalog")
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let result = Self::try_create_case(&mut tx, case, event).await;

@@ -33,6 +33,19 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// The sizes of the regular files beneath `dir`, added up (symlinks not followed).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 impl Service {
     pub(super) async fn status(&self) -> Response {
         let read_path = *crate::sync::read(&self.read_path);
@@ -44,10 +57,19 @@ impl Service {
             mounted,
             read_path,
             catalog_files: self.store.catalog_size().await?,
+            catalog_changed_at: self.store.catalog_changed_at().await?,
             cases: self.store.count_by_state().await?,
             directory_departments: self.directory().departments.len(),
             bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
             pulls_in_progress: self.stats.open_files.load(Ordering::Relaxed),
+            started_at: self.started.1.clone(),
+            uptime_secs: self.started.0.elapsed().as_secs(),
+            staging_bytes: tokio::task::spawn_blocking({
+                let dir = self.cfg.staging_dir();
+                move || bytes_under(&dir)
+            })
+            .await
+            .unwrap_or(0),
         }))
     }
 

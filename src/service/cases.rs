@@ -112,6 +112,7 @@ impl Service {
         self.store
             .create_case(case, NewEvent::new(actor, EventKind::Opened, details))
             .await?;
+        self.state_changed.notify_one();
         let case = self.store.case(r.as_str()).await?.ok_or_else(|| not_found(r.as_str()))?;
         Ok(Reply::Case(Box::new(self.view(&Role::Staff, case).await?)))
     }

@@ -43,10 +43,12 @@ impl Service {
     ) -> Result<EventRecord, Refusal> {
         let facts = case.facts();
         let to = transition(role, action, facts)?;
-        Ok(self
+        let record = self
             .store
             .transition(&case.case_ref, case.state, to, NewEvent::new(actor, action.event(), details))
-            .await?)
+            .await?;
+        self.state_changed.notify_one();
+        Ok(record)
     }
 
     /// Stages (or checks, in direct mode) every file of an approved case in

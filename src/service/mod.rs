@@ -59,6 +59,12 @@ pub struct Service {
     finishing: tokio::sync::Mutex<()>,
     /// Refused receipts recorded per case in this run (bounded).
     refusals_recorded: Mutex<HashMap<String, u32>>,
+    /// Signalled when a case is registered or changes state (the daemon
+    /// refreshes systemd's STATUS= line on it). A change while nobody waits
+    /// is kept until the next wait.
+    pub state_changed: tokio::sync::Notify,
+    /// When the service was built (the daemon's start), for `status`.
+    started: (std::time::Instant, String),
 }
 
 impl Service {
@@ -79,6 +85,8 @@ impl Service {
             visibility: tokio::sync::Mutex::new(()),
             finishing: tokio::sync::Mutex::new(()),
             refusals_recorded: Mutex::new(HashMap::new()),
+            state_changed: tokio::sync::Notify::new(),
+            started: (std::time::Instant::now(), crate::audit::now_rfc3339()),
         }))
     }
 

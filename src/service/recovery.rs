@@ -164,7 +164,7 @@ impl Service {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !live.contains(name.as_str()) {
-                warn!(entry = %name, "deleting a staging area that belongs to no live case");
+                warn!(case = %name, "deleting a staging area that belongs to no live case");
                 let _ = self.remove_staging(&name).await;
             }
         }

@@ -84,14 +84,17 @@ impl Service {
     pub async fn handle(self: &Arc<Self>, caller: &Caller, req: Request, fds: Vec<OwnedFd>, cancel: &Cancel) -> Response {
         let role = self.role(caller);
         let op = req.name();
+        // Every line about a case names it (`journalctl -g 'case=REF'`).
+        let case_ref = req.case_ref().map(str::to_owned);
+        let case = case_ref.as_deref().map(tracing::field::display);
         if role == Role::Nobody {
             return Err(self.refuse_nobody(caller));
         }
         let actor = self.actor(caller.uid);
         let result = self.dispatch(&role, &actor, req, fds, cancel).await;
         match &result {
-            Ok(_) => info!(op, uid = caller.uid, "done"),
-            Err(r) => info!(op, uid = caller.uid, kind = ?r.kind, "refused"),
+            Ok(_) => info!(op, case, uid = caller.uid, "done"),
+            Err(r) => info!(op, case, uid = caller.uid, kind = ?r.kind, "refused"),
         }
         result
     }
@@ -172,6 +175,18 @@ impl Service {
             Request::AuditVerify => {
                 staff_only("audit verify")?;
                 self.audit_verify().await
+            }
+            Request::Reload => {
+                staff_only("reload")?;
+                self.reload_directory().await.map_err(|e| {
+                    refuse(
+                        RefusalKind::Invalid,
+                        format!("directory refused; the previous directory stays in force: {e}"),
+                    )
+                })?;
+                Ok(Reply::Reloaded {
+                    departments: self.directory().departments.len(),
+                })
             }
         }
     }

@@ -1,11 +1,12 @@
 //! workcopy's integration tests, as one test binary so the shared harness
 //! (`common`) compiles once. Each module drives the real binary: the case
 //! register over the control socket (`register`), the export mount through
-//! the kernel (`mount`), the regional pull over OpenSSH (`regional`) and the
-//! service as systemd runs it (`systemd`); hostile local accounts (`abuse`);
-//! a full disk, an unwritable database and damaged staged copies (`faults`);
-//! the CLI's output against checked-in snapshots (`snapshot`) and into a
-//! closed pipe (`cli_pipe`).
+//! the kernel (`mount`), the regional pull over OpenSSH (`regional`), the
+//! service as systemd runs it (`systemd`) and the shipped unit under the real
+//! systemd booted as PID 1 in private namespaces (`systemd_boot`); hostile
+//! local accounts (`abuse`); a full disk, an unwritable database and damaged
+//! staged copies (`faults`); the CLI's output against checked-in snapshots
+//! (`snapshot`) and into a closed pipe (`cli_pipe`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -20,3 +21,4 @@ mod regional;
 mod register;
 mod snapshot;
 mod systemd;
+mod systemd_boot;

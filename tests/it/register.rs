@@ -969,6 +969,43 @@ fn sighup_reloads_the_directory_and_keeps_the_old_one_when_broken() {
     assert!(env.running());
 }
 
+#[test]
+fn reload_tells_staff_whether_the_directory_was_taken_and_config_check_needs_no_daemon() {
+    let env = Env::ready();
+    env.cli(&["config", "check"]).ok().stdout_has("3 departments");
+    env.cli(&["reload"]).ok().stdout_has("directory reloaded: 3 departments");
+    env.cli_as(Who::Staff, &["reload"]).ok();
+    env.cli_as(Who::Dept(UID_A1), &["reload"])
+        .fails()
+        .stderr_has("only workcopy staff may use `reload`");
+
+    // A broken directory: `config check` says why (78), `reload` fails with
+    // the reason, and the old directory stays in force.
+    let good = std::fs::read_to_string(&env.directory).unwrap();
+    env.write_directory(&good.replace("group = \"group-b\"", "group = \"group-nowhere\""));
+    env.cli(&["config", "check"]).code(78).stderr_has("group-nowhere");
+    env.cli(&["reload"])
+        .code(1)
+        .stderr_has("directory refused; the previous directory stays in force")
+        .stderr_has("group-nowhere");
+    assert_eq!(env.cli(&["status", "--json"]).ok().json()["directory_departments"], 3);
+    open(&env, "RELOAD-1", BERT, &["GDB-0007"]).ok();
+
+    // A candidate file is checked before it replaces the directory.
+    let candidate = env.root.join("directory.toml.new");
+    write_file(&candidate, good.as_bytes(), 0o644);
+    env.cli(&["config", "check", "--directory", candidate.to_str().unwrap()])
+        .ok()
+        .stdout_has("directory.toml.new");
+    env.write_directory(&good);
+    env.cli(&["reload"]).ok();
+
+    // Without a daemon, config check still answers; a broken config is 78 too.
+    drop(env);
+    let env = Env::with(|o| o.extra_config = "colour = \"blue\"\n".into());
+    env.cli(&["config", "check"]).code(78).stderr_has("colour");
+}
+
 // ---------------------------------------------------------------- socket
 
 /// Sends raw bytes on a fresh connection, half-closes, and returns what came back.

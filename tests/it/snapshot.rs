@@ -309,7 +309,8 @@ fn first_difference(expected: &str, actual: &str) -> Option<String> {
 /// * the numbers of the keys in [`VOLATILE_NUMBERS`] → `0`, so they stay numbers;
 /// * log actors other than `root` and the daemon (`workcopy`) → `<user>`:
 ///   the name of another uid comes from the machine's passwd;
-/// * the duration of `catalog import` (`in 0.1s`) → `in <duration>`.
+/// * the duration of `catalog import` (`in 0.1s`) → `in <duration>`;
+/// * the daemon's uptime in `status` (`up  since <ts>, 5s`) → `<uptime>`.
 ///
 /// uids stay: the harness runs the CLI as fixed uids.
 struct Normaliser {
@@ -321,7 +322,7 @@ struct Normaliser {
 /// The `prev_hash` of a case log's first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Keys whose numbers are the clock's or the kernel's.
-const VOLATILE_NUMBERS: &[&str] = &["state_since", "pid"];
+const VOLATILE_NUMBERS: &[&str] = &["state_since", "pid", "uptime_secs"];
 /// Actor names that are the same on every machine.
 const STABLE_ACTORS: &[&str] = &["root", "workcopy"];
 
@@ -371,6 +372,7 @@ impl Normaliser {
             None
         });
         let s = VOLATILE_NUMBERS.iter().fold(s, |s, key| replace_number(&s, key));
+        let s = replace_uptime(&s);
         replace_actor(&s)
     }
 
@@ -499,6 +501,18 @@ fn duration_len(t: &str) -> Option<usize> {
     let frac = rest[int..].strip_prefix('.')?.bytes().take_while(u8::is_ascii_digit).count();
     let n = 3 + int + 1 + frac;
     (int > 0 && frac > 0 && t[n..].starts_with('s')).then_some(n + 1)
+}
+
+/// Replaces what follows `since <ts>, ` on `status`'s `up` line with `<uptime>`.
+fn replace_uptime(s: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for line in s.split('\n') {
+        match line.split_once(", ") {
+            Some((head, _)) if line.starts_with("up ") && head.contains("since ") => out.push(format!("{head}, <uptime>")),
+            _ => out.push(line.to_string()),
+        }
+    }
+    out.join("\n")
 }
 
 /// Replaces the number after `"key":` (compact) or `"key": ` (pretty) with 0.

@@ -169,7 +169,7 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
     assert!(text.contains("Left for you to do"), "{text}");
     for f in [
         "usr/local/bin/workcopy",
-        "etc/systemd/system/workcopy.service",
+        "usr/lib/systemd/system/workcopy.service",
         "usr/lib/sysusers.d/workcopy.conf",
         "usr/lib/tmpfiles.d/workcopy.conf",
         "etc/workcopy/workcopy.toml",
@@ -199,8 +199,63 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
         "# mine\n"
     );
     assert!(root.join("etc/workcopy/directory.toml.example").is_file());
+
+    // The unit's documentation is installed where it points.
+    let shipped = std::fs::read_to_string(UNIT).unwrap();
+    let docs = shipped.lines().find_map(|l| l.strip_prefix("Documentation=")).unwrap();
+    for d in docs.split_whitespace() {
+        match d.strip_prefix("file://") {
+            Some(p) => assert!(
+                root.join(p.trim_start_matches('/')).is_file(),
+                "Documentation= {d} is not installed"
+            ),
+            None => assert_eq!(d, "man:workcopy(1)"),
+        }
+    }
+    // No path of the config is hard-coded in the unit or the tmpfiles snippet.
+    let tmpfiles = std::fs::read_to_string(root.join("usr/lib/tmpfiles.d/workcopy.conf")).unwrap();
+    for text in [&shipped, &tmpfiles] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| !l.starts_with('#') && (l.contains("/srv") || l.starts_with("RequiresMountsFor="))),
+            "{text}"
+        );
+    }
+
+    // A unit in /etc/systemd/system (an earlier install's place) overrides the
+    // shipped one: an unchanged copy goes, an edited one stays, with a warning.
+    let etc_unit = root.join("etc/systemd/system/workcopy.service");
+    std::fs::create_dir_all(etc_unit.parent().unwrap()).unwrap();
+    std::fs::write(&etc_unit, &shipped).unwrap();
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!etc_unit.exists(), "an unchanged copy in /etc is removed");
+    let edited = shipped.replace("TimeoutStopSec=30", "TimeoutStopSec=90");
+    std::fs::write(&etc_unit, &edited).unwrap();
+    let out = Command::new(script)
+        .args(["--root", root.to_str().unwrap(), "--bin", BIN])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&etc_unit).unwrap(),
+        edited,
+        "an edited unit is never overwritten"
+    );
+    assert!(
+        err.contains("overrides the shipped unit") && err.contains("systemctl edit workcopy"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("drop-in (systemctl edit workcopy)"), "{text}");
+
     // The installed unit, with its binary where it says, verifies.
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/workcopy.service"))
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/workcopy.service"))
         .unwrap()
         .replace("/usr/local/bin/workcopy", root.join("usr/local/bin/workcopy").to_str().unwrap());
     let path = tmp.path().join("workcopy.service");
@@ -213,4 +268,82 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
+}
+
+/// `serve` as the unit runs it, to its end (it must not start).
+fn serve_until_exit(env: &Env) -> Out {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&env.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WORKCOPY_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    run_with_timeout(cmd, None, "workcopy serve")
+}
+
+#[test]
+fn a_wrong_config_or_directory_ends_serve_with_status_78_and_the_reason() {
+    // The unit tells systemd not to restart on 78.
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"), "{unit}");
+
+    let env = Env::new();
+    env.write_directory(&directory_toml("garbage [[\n"));
+    serve_until_exit(&env).code(78).stderr_has(&env.directory.display().to_string());
+
+    let env = Env::with(|o| o.extra_config = "colour = \"blue\"\n".into());
+    serve_until_exit(&env).code(78).stderr_has("colour");
+
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    write_file(
+        &env.config,
+        cfg.replace(&format!("staff_group = {STAFF_GID}"), "staff_group = \"no-such-group-here\"")
+            .as_bytes(),
+        0o644,
+    );
+    serve_until_exit(&env).code(78).stderr_has("staff_group");
+
+    // What may work on the next start (here: gdb_root not there yet, as an
+    // unmounted network filesystem) keeps the ordinary failure status.
+    let env = Env::new();
+    std::fs::rename(&env.gdb, env.root.join("gdb-elsewhere")).unwrap();
+    serve_until_exit(&env).code(1).stderr_has("gdb_root");
+}
+
+#[test]
+fn status_follows_every_state_change_at_once() {
+    let mut env = Env::new();
+    let sock_path = env.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    env.start_with(&[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    env.import_catalog();
+    // The expiry timer runs every 60 s with the default case_ttl: the
+    // statuses below come from the changes themselves.
+    let mut buf = [0u8; 4096];
+    let mut wait_for = |want: &str| {
+        let mut seen = Vec::new();
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no STATUS= with {want:?} within 10 s ({e}); saw {seen:?}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.contains("STATUS=") && msg.contains(want) {
+                return;
+            }
+            seen.push(msg);
+        }
+    };
+    wait_for("0 exported, 0 awaiting approval");
+    env.cli(&["case", "open", "ST-1", "--requester", ALICE, "GDB-0001"]).ok();
+    wait_for("0 exported, 1 awaiting approval");
+    env.cli(&["case", "approve", "ST-1"]).ok();
+    wait_for("1 exported, 0 awaiting approval, 0 staging");
+    env.cli(&["case", "close", "ST-1", "--force", "--reason", "withdrawn"]).ok();
+    wait_for("0 exported, 0 awaiting approval, 0 staging");
 }
