@@ -95,7 +95,10 @@ pub async fn run(listener: UnixListener, svc: Arc<Service>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Ok(cred) = stream.peer_cred() else { continue };
+                let Ok(cred) = stream.peer_cred() else {
+                    discard_stream(stream);
+                    continue;
+                };
                 // Staff are never locked out by others' connections; everyone
                 // else has a share of their own and of the slots in all.
                 let staff = svc.role(&caller_of(&stream, &cred)) == Role::Staff;
@@ -106,6 +109,7 @@ pub async fn run(listener: UnixListener, svc: Arc<Service>) {
                         Some(s) => Some(s),
                         None => {
                             warn!(uid = cred.uid(), "too many connections from this uid; closing a new one");
+                            discard_stream(stream);
                             continue;
                         }
                     }
@@ -146,24 +150,66 @@ fn caller_of(stream: &UnixStream, cred: &tokio::net::unix::UCred) -> Caller {
     }
 }
 
+/// Closes what a peer may control — its connection (with any descriptors
+/// still queued on it) and the descriptors it passed — on a thread of its
+/// own: closing a descriptor can block (a socket set to linger, a FUSE file
+/// whose server does not answer), and the async workers must never wait on
+/// a peer's whim.
+fn discard<T: Send + 'static>(item: T) {
+    type Item = Box<dyn Send>;
+    static CLOSER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Item>>> = std::sync::OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Item>();
+        std::thread::Builder::new()
+            .name("workcopy-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    match closer {
+        Some(tx) => {
+            if let Err(e) = tx.send(Box::new(item)) {
+                drop(e.0);
+            }
+        }
+        None => drop(item),
+    }
+}
+
+fn discard_stream(stream: UnixStream) {
+    match stream.into_std() {
+        Ok(s) => discard(s),
+        Err(e) => debug!(error = %e, "cannot detach a connection from the runtime"),
+    }
+}
+
 async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
+    let mut received = Vec::new();
+    converse(&mut stream, &svc, &mut received).await;
+    discard(received);
+    discard_stream(stream);
+}
+
+/// Serves one connection's requests. Descriptors the peer passed are left in
+/// `received` (for [`discard`]) unless a staff request takes them.
+async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Vec<OwnedFd>) {
     let Ok(cred) = stream.peer_cred() else {
         return;
     };
-    let caller = caller_of(&stream, &cred);
+    let caller = caller_of(stream, &cred);
     // Anyone who is neither staff nor a transfer account gets one answer and
     // nothing else: no request is read, no memory is spent on it.
     if svc.role(&caller) == Role::Nobody {
-        let _ = reply(&mut stream, &Err(svc.refuse_nobody(&caller))).await;
+        let _ = reply(stream, &Err(svc.refuse_nobody(&caller))).await;
         return;
     }
     loop {
-        let mut fds = Vec::new();
-        let frame = match tokio::time::timeout(IDLE, read_frame(&stream, MAX_REQUEST, &mut fds)).await {
+        discard(std::mem::take(received));
+        let frame = match tokio::time::timeout(IDLE, read_frame(stream, MAX_REQUEST, received)).await {
             Err(_) | Ok(Err(FrameError::Closed)) => return,
             Ok(Err(FrameError::TooLarge(n, max))) => {
                 let _ = reply(
-                    &mut stream,
+                    stream,
                     &Err(Refusal::new(
                         RefusalKind::Invalid,
                         format!("request of {n} bytes exceeds the limit of {max}"),
@@ -174,11 +220,7 @@ async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
             }
             Ok(Err(FrameError::TooManyFds)) => {
                 warn!(uid = caller.uid, "request with too many file descriptors refused");
-                let _ = reply(
-                    &mut stream,
-                    &Err(Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string())),
-                )
-                .await;
+                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string()))).await;
                 return;
             }
             Ok(Err(FrameError::Io(e))) => {
@@ -194,31 +236,34 @@ async fn connection(mut stream: UnixStream, svc: Arc<Service>) {
             Ok(r) => r,
             Err(e) => {
                 warn!(uid = caller.uid, "malformed request");
-                let _ = reply(
-                    &mut stream,
-                    &Err(Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}"))),
-                )
-                .await;
+                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}")))).await;
                 return;
             }
         };
         // The request runs to its end (a half-done state change is worse than
         // a wasted one), but long work stops when the client hangs up.
         let cancel = Cancel::default();
+        // Only a staff catalog import takes a descriptor (a file it reads on a
+        // blocking thread); everyone else's go to `discard`.
+        let fds = if matches!(request, Request::CatalogImport) && svc.role(&caller) == Role::Staff {
+            std::mem::take(received)
+        } else {
+            Vec::new()
+        };
         let handling = svc.handle(&caller, request, fds, &cancel);
         tokio::pin!(handling);
         let mut watching = true;
         let response = loop {
             tokio::select! {
                 r = &mut handling => break r,
-                _ = peer_gone(&stream), if watching => {
+                _ = peer_gone(stream), if watching => {
                     info!(uid = caller.uid, "client hung up; stopping its request's long work");
                     cancel.cancel();
                     watching = false;
                 }
             }
         };
-        if reply(&mut stream, &response).await.is_err() {
+        if reply(stream, &response).await.is_err() {
             return;
         }
     }
@@ -282,8 +327,7 @@ async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
         stream.readable().await?;
         match stream.try_io(Interest::READABLE, || recv_with_fds(stream.as_raw_fd(), &mut buf[off..], fds)) {
             Ok(r) if r.truncated || fds.len() > MAX_FDS => {
-                // Every descriptor received is closed with `fds`.
-                fds.clear();
+                // The descriptors stay in `fds` for the caller to discard.
                 return Err(FrameError::TooManyFds);
             }
             Ok(r) if r.bytes == 0 => return Err(FrameError::Closed),

@@ -217,3 +217,52 @@ time.sleep(30)
         cmd.status().map(|s| s.success()).unwrap_or(false)
     }));
 }
+
+#[test]
+fn a_descriptor_that_blocks_when_closed_does_not_stall_the_daemon() {
+    let env = Env::ready();
+    // Sockets set to linger 20 s with unsent data to a peer that never
+    // reads: the last close of each blocks. They are passed to the daemon,
+    // which closes them; then their sender lets go of its own copies.
+    let linger = r#"
+import socket, struct, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+peers, clients, held = [], [], []
+for i in range(4):
+    c = socket.socket(); c.connect(srv.getsockname()); peers.append(srv.accept()[0])
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 20))
+    c.setblocking(False)
+    try:
+        while True:
+            c.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    # Half a request, with the socket: the daemon holds it while it waits.
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); u.connect(sys.argv[1])
+    socket.send_fds(u, [b"\x00\x00\x00\x10{"], [c.fileno()])
+    clients.append(c); held.append(u)
+time.sleep(0.3)
+for c in clients:
+    c.close()   # not the last copy: the daemon holds one
+for u in held:
+    u.close()   # the daemon drops its copy now: the last close, which lingers
+print("sent", flush=True)
+time.sleep(25)
+"#;
+    let mut child = python_as(UID_A1, &env, linger);
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    assert_eq!(line.trim(), "sent");
+    std::thread::sleep(Duration::from_millis(500));
+    // The daemon answers at once, although four closes are blocked.
+    let t = std::time::Instant::now();
+    env.cli(&["status"]).ok();
+    env.cli_as(Who::Dept(UID_A2), &["case", "list"]).ok();
+    assert!(t.elapsed() < Duration::from_secs(5), "the daemon took {:?}", t.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+}
