@@ -165,7 +165,7 @@ impl Service {
             return Err(refuse(
                 RefusalKind::Failed,
                 format!(
-                    "receipt refused: {} of the case's {} files were never read from the mount by the department's transfer account: {}",
+                    "receipt refused: {} of the case's {} files were never opened in the mount by the department's transfer account (a receipt follows a pull): {}",
                     unread.len(),
                     files.len(),
                     unread.join(", ")

@@ -524,16 +524,16 @@ fn lifecycle_open_approve_confirm_close_and_sealed_log() {
     }
     assert_eq!(env.state_of(r), "exported");
 
-    // A right list for files the department never read is no receipt.
+    // A right list for files the department never opened is no receipt.
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
         .fails()
-        .stderr_has("were never read from the mount by the department's transfer account");
+        .stderr_has("were never opened in the mount by the department's transfer account");
     assert_eq!(env.state_of(r), "exported");
     // Staff reading the files does not count either; the department's pull does.
     env.pull_as(0, r);
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
         .fails()
-        .stderr_has("never read");
+        .stderr_has("never opened");
     env.pull_as(UID_A1, r);
     // The owning department confirms with the right list: received.
     env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", r, "--sha256sums", "-"], &sums_list(&good))
