@@ -208,19 +208,58 @@ pub struct ChainError {
     pub reason: String,
 }
 
-/// Checks a case's records in order; `head` is the anchor kept beside them
-/// (record count and last hash), when there is one.
-pub fn verify_chain(case_ref: &str, records: &[EventRecord], head: Option<(u64, &str)>) -> Result<(), ChainError> {
-    let fail = |seq: u64, reason: String| ChainError {
-        case_ref: case_ref.to_string(),
-        seq,
-        reason,
-    };
-    let mut prev = GENESIS.to_string();
-    for (i, r) in records.iter().enumerate() {
-        let want = i as u64 + 1;
+/// Checks a case's records one at a time, in sequence order, so a log of any
+/// length is checked in constant memory: feed it every record with
+/// [`push`](Self::push), then [`finish`](Self::finish) with the head.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    case_ref: String,
+    records: u64,
+    prev: String,
+    sealed: bool,
+}
+
+impl ChainVerifier {
+    pub fn new(case_ref: &str) -> ChainVerifier {
+        ChainVerifier {
+            case_ref: case_ref.to_string(),
+            records: 0,
+            prev: GENESIS.to_string(),
+            sealed: false,
+        }
+    }
+
+    /// Records checked so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The hash of the last record checked ([`GENESIS`] before the first).
+    pub fn last_hash(&self) -> &str {
+        &self.prev
+    }
+
+    /// Whether the last record checked is the seal.
+    pub fn sealed(&self) -> bool {
+        self.sealed
+    }
+
+    fn fail(&self, seq: u64, reason: String) -> ChainError {
+        ChainError {
+            case_ref: self.case_ref.clone(),
+            seq,
+            reason,
+        }
+    }
+
+    /// Checks the next record.
+    pub fn push(&mut self, r: &EventRecord) -> Result<(), ChainError> {
+        if self.sealed {
+            return Err(self.fail(self.records, "records follow the seal".into()));
+        }
+        let want = self.records + 1;
         if r.seq != want {
-            return Err(fail(
+            return Err(self.fail(
                 want,
                 format!(
                     "found record number {} where {want} belongs (a record was removed, inserted or moved)",
@@ -228,80 +267,133 @@ pub fn verify_chain(case_ref: &str, records: &[EventRecord], head: Option<(u64, 
                 ),
             ));
         }
-        if r.case_ref != case_ref {
-            return Err(fail(want, format!("belongs to case {:?}", r.case_ref)));
+        if r.case_ref != self.case_ref {
+            return Err(self.fail(want, format!("belongs to case {:?}", r.case_ref)));
         }
-        if r.prev_hash != prev {
-            return Err(fail(
+        if r.prev_hash != self.prev {
+            return Err(self.fail(
                 want,
                 "does not follow the record before it (a record was removed, inserted or moved)".into(),
             ));
         }
         if record_hash(r) != r.hash {
-            return Err(fail(want, "its contents do not match its hash (the record was edited)".into()));
+            return Err(self.fail(want, "its contents do not match its hash (the record was edited)".into()));
         }
-        if i + 1 < records.len() && r.event == SEALED {
-            return Err(fail(want, "records follow the seal".into()));
-        }
-        prev = r.hash.clone();
+        self.sealed = r.event == SEALED;
+        self.prev.clone_from(&r.hash);
+        self.records = want;
+        Ok(())
     }
-    if let Some((count, hash)) = head {
-        let n = records.len() as u64;
+
+    /// Checks the records seen against `head`, the anchor kept beside them
+    /// (record count and last hash), when there is one.
+    pub fn finish(&self, head: Option<(u64, &str)>) -> Result<(), ChainError> {
+        let Some((count, hash)) = head else { return Ok(()) };
+        let n = self.records;
         if n != count {
-            return Err(fail(
+            return Err(self.fail(
                 n.min(count) + 1,
                 format!("the case has {count} record(s) on record but {n} were found (records were removed or added)"),
             ));
         }
-        if hash != prev {
-            return Err(fail(n, "the last record is not the one on record for the case".into()));
+        if hash != self.prev {
+            return Err(self.fail(n, "the last record is not the one on record for the case".into()));
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// Verifies a sealed log written by `case close` (JSON lines). Returns the
-/// case reference and the number of records.
-pub fn verify_sealed(text: &str) -> Result<(String, usize), ChainError> {
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+/// Checks a case's records in order; `head` is the anchor kept beside them
+/// (record count and last hash), when there is one.
+pub fn verify_chain(case_ref: &str, records: &[EventRecord], head: Option<(u64, &str)>) -> Result<(), ChainError> {
+    let mut v = ChainVerifier::new(case_ref);
+    for r in records {
+        v.push(r)?;
+    }
+    v.finish(head)
+}
+
+/// The longest line a sealed log may have (one record).
+pub const MAX_SEALED_LINE: usize = 64 << 20;
+
+/// What a sealed log that verified holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedLog {
+    pub case_ref: String,
+    pub records: u64,
+    /// The hash of its last record, the seal.
+    pub head: String,
+}
+
+/// Verifies a sealed log written by `case close` (JSON lines), reading it
+/// line by line: memory stays the same whatever its length.
+pub fn verify_sealed_from(mut input: impl std::io::BufRead) -> Result<SealedLog, ChainError> {
+    use std::io::{BufRead, Read};
+    let mut verifier: Option<ChainVerifier> = None;
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        number += 1;
+        let case_ref = || verifier.as_ref().map(|v| v.case_ref.clone()).unwrap_or_default();
+        let bad = |reason: String| ChainError {
+            case_ref: case_ref(),
+            seq: number,
+            reason,
+        };
+        let n = (&mut input)
+            .take(MAX_SEALED_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| bad(format!("line {number} cannot be read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if line.len() > MAX_SEALED_LINE {
+            return Err(bad(format!("line {number} is longer than {MAX_SEALED_LINE} bytes")));
+        }
+        let text = std::str::from_utf8(&line).map_err(|e| bad(format!("line {number} is not a case log record: {e}")))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let r: EventRecord = serde_json::from_str(line).map_err(|e| ChainError {
-            case_ref: records.first().map(|r: &EventRecord| r.case_ref.clone()).unwrap_or_default(),
-            seq: i as u64 + 1,
-            reason: format!("line {} is not a case log record: {e}", i + 1),
-        })?;
-        records.push(r);
+        let r: EventRecord = serde_json::from_str(text).map_err(|e| bad(format!("line {number} is not a case log record: {e}")))?;
+        verifier.get_or_insert_with(|| ChainVerifier::new(&r.case_ref)).push(&r)?;
     }
-    let Some(first) = records.first() else {
+    let Some(v) = verifier else {
         return Err(ChainError {
             case_ref: String::new(),
             seq: 0,
             reason: "the file holds no records".into(),
         });
     };
-    let case_ref = first.case_ref.clone();
-    verify_chain(&case_ref, &records, None)?;
-    match records.last() {
-        Some(last) if last.event == SEALED => Ok((case_ref, records.len())),
-        _ => Err(ChainError {
-            case_ref,
-            seq: records.len() as u64,
-            reason: "the log ends without its seal (records were removed from the end)".into(),
-        }),
+    if !v.sealed {
+        return Err(v.fail(
+            v.records,
+            "the log ends without its seal (records were removed from the end)".into(),
+        ));
     }
+    Ok(SealedLog {
+        records: v.records,
+        head: v.prev,
+        case_ref: v.case_ref,
+    })
+}
+
+/// Verifies a sealed log held in memory. Returns the case reference and the
+/// number of records.
+pub fn verify_sealed(text: &str) -> Result<(String, usize), ChainError> {
+    verify_sealed_from(text.as_bytes()).map(|s| (s.case_ref, s.records as usize))
+}
+
+/// One record in the sealed form: its JSON and a newline.
+pub fn jsonl_line(r: &EventRecord) -> String {
+    let mut line = serde_json::to_string(r).unwrap_or_default();
+    line.push('\n');
+    line
 }
 
 /// The sealed form: one JSON record per line.
 pub fn to_jsonl(records: &[EventRecord]) -> String {
-    let mut out = String::new();
-    for r in records {
-        out.push_str(&serde_json::to_string(r).unwrap_or_default());
-        out.push('\n');
-    }
-    out
+    records.iter().map(jsonl_line).collect()
 }
 
 #[cfg(test)]
@@ -358,6 +450,38 @@ mod tests {
         assert!(matches!(e, Err(ref e) if e.reason.contains("seal")), "{e:?}");
         assert!(verify_sealed("").is_err());
         assert!(verify_sealed("{not json\n").is_err());
+    }
+
+    #[test]
+    fn a_sealed_log_is_read_line_by_line() {
+        let v = build(4, true);
+        let text = to_jsonl(&v);
+        let s = verify_sealed_from(std::io::BufReader::with_capacity(16, text.as_bytes()));
+        assert_eq!(
+            s,
+            Ok(SealedLog {
+                case_ref: "REF-1".into(),
+                records: 4,
+                head: v[3].hash.clone()
+            })
+        );
+        // Blank lines are skipped; a line that is not UTF-8 is refused by its number.
+        let mut bad = format!("\n{text}\n").into_bytes();
+        bad.extend(b"\xff\n");
+        let e = verify_sealed_from(&bad[..]);
+        assert!(
+            matches!(&e, Err(e) if e.reason.starts_with("line 7 is not a case log record")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn records_after_the_seal_are_caught_where_the_seal_is() {
+        let mut v = build(3, true);
+        let (count, head) = head(&v);
+        v.extend(build(4, false).into_iter().skip(3));
+        let e = verify_chain("REF-1", &v, Some((count, &head)));
+        assert!(matches!(&e, Err(e) if e.seq == 3 && e.reason == "records follow the seal"), "{e:?}");
     }
 
     #[derive(Debug, Clone)]

@@ -6,11 +6,11 @@ use super::{Cli, Failure, call, reply};
 use crate::control::proto::Request;
 use std::path::Path;
 
-/// Checks one sealed case log file; needs no daemon.
+/// Checks one sealed case log file, line by line; needs no daemon.
 pub(super) fn verify_file(path: &Path, json: bool) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::refused(format!("cannot read {}: {e}", path.display())))?;
-    match crate::audit::verify_sealed(&text) {
-        Ok((case_ref, n)) => {
+    let file = std::fs::File::open(path).map_err(|e| Failure::refused(format!("cannot read {}: {e}", path.display())))?;
+    match crate::audit::verify_sealed_from(std::io::BufReader::with_capacity(1 << 20, file)) {
+        Ok(crate::audit::SealedLog { case_ref, records: n, .. }) => {
             if json {
                 print(|o| render::json(o, &serde_json::json!({"ok": true, "case": case_ref, "records": n})))
             } else {

@@ -329,7 +329,7 @@ pub(super) fn config_good(o: &mut impl Write, config: &Path, directory: &Path, d
     )
 }
 
-pub(super) fn sealed_log_intact(o: &mut impl Write, case_ref: &str, records: usize) -> io::Result<()> {
+pub(super) fn sealed_log_intact(o: &mut impl Write, case_ref: &str, records: u64) -> io::Result<()> {
     writeln!(o, "ok: sealed log of case {case_ref}, {records} records, chain intact")
 }
 
