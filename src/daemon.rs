@@ -229,6 +229,7 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
             sd_notify(&format!("STATUS={}", status.status_line().await));
         }
     });
+    tokio::spawn(svc.clone().fold_counted_accesses());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -163,9 +163,18 @@ pub enum CaseCmd {
         #[arg(long)]
         json: bool,
     },
-    /// A case's log (staff)
+    /// A case's log (staff), a page at a time
+    #[command(
+        after_help = "Prints up to --limit records after record --since, and on standard error how to get\nthe next page when more follow.\n\nExample:\n  workcopy case log NGC-2026-0042 --since 1000 --limit 500"
+    )]
     Log {
         case_ref: String,
+        /// Only records after this record number
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// At most this many records [default: 1000]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=crate::control::proto::LOG_PAGE_MAX as i64))]
+        limit: Option<u32>,
         #[arg(long)]
         json: bool,
     },

@@ -129,19 +129,30 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 print(|o| render::case(o, &v))
             }
         }
-        CaseCmd::Log { case_ref, json } => {
-            let records = call(
+        CaseCmd::Log {
+            case_ref,
+            since,
+            limit,
+            json,
+        } => {
+            let (records, next) = call(
                 cli,
                 &Request::CaseLog {
                     case_ref: case_ref.clone(),
+                    since: *since,
+                    limit: *limit,
                 },
                 reply::log,
             )?;
             if *json {
-                print(|o| render::json(o, &records))
+                print(|o| render::json(o, &records))?;
             } else {
-                print(|o| render::log(o, &records))
+                print(|o| render::log(o, &records))?;
             }
+            if let Some(next) = next {
+                render::log_next_page(case_ref, next, *limit, *json);
+            }
+            Ok(())
         }
     }
 }

@@ -197,9 +197,10 @@ mod reply {
         }
     }
 
-    pub(super) fn log(r: Reply) -> Option<Vec<EventRecord>> {
+    /// A page of records, and the `--since` of the next page when more follow.
+    pub(super) fn log(r: Reply) -> Option<(Vec<EventRecord>, Option<u64>)> {
         match r {
-            Reply::Log { records } => Some(records),
+            Reply::Log { records, next } => Some((records, next)),
             _ => None,
         }
     }

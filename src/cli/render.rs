@@ -208,6 +208,19 @@ pub(super) fn log(o: &mut impl Write, records: &[EventRecord]) -> io::Result<()>
     table(o, &["#", "TIME", "ACTOR", "EVENT", "DETAILS"], &rows)
 }
 
+/// After a page of `case log` when more records follow: how to get the next
+/// page, on standard error (standard output holds only the page).
+pub(super) fn log_next_page(case_ref: &str, next: u64, limit: Option<u32>, json: bool) {
+    let mut command = format!("workcopy case log {case_ref} --since {next}");
+    if let Some(n) = limit {
+        command.push_str(&format!(" --limit {n}"));
+    }
+    if json {
+        command.push_str(" --json");
+    }
+    let _ = writeln!(io::stderr(), "more records follow; the next page: {command}");
+}
+
 /// `case open`'s verification report.
 pub(super) fn report(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
     let c = &v.case;

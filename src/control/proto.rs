@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 pub const MAX_REQUEST: usize = 1 << 20;
 pub const MAX_REPLY: usize = 64 << 20;
+/// Records a `case log` reply holds when the request names no limit.
+pub const LOG_PAGE_DEFAULT: u32 = 1000;
+/// The most records one `case log` reply holds.
+pub const LOG_PAGE_MAX: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -56,6 +60,12 @@ pub enum Request {
     },
     CaseLog {
         case_ref: String,
+        /// Only records after this sequence number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// At most this many records (the daemon's default when `None`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     AuditVerify,
     /// Read the directory file again (what `systemctl reload` asks for).
@@ -90,7 +100,7 @@ impl Request {
             | Request::CaseConfirm { case_ref, .. }
             | Request::CaseClose { case_ref, .. }
             | Request::CaseShow { case_ref }
-            | Request::CaseLog { case_ref } => Some(case_ref),
+            | Request::CaseLog { case_ref, .. } => Some(case_ref),
             Request::Status
             | Request::CatalogImport
             | Request::CatalogShow { .. }
@@ -211,6 +221,9 @@ pub enum Reply {
     },
     Log {
         records: Vec<EventRecord>,
+        /// When more records follow: the `since` of the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
     },
     Audit(AuditReport),
     /// The directory now in force.

@@ -10,8 +10,9 @@
 //! A new check is an `async fn(Arc<dyn Store>) -> anyhow::Result<()>` here,
 //! named in the macro's list.
 
-use super::{NewCase, Store, StoreError};
-use crate::audit::{self, EventRecord, GENESIS, NewEvent};
+use super::{NewCase, Recorded, Store, StoreError};
+use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
+use crate::domain::access::{AccessKind, Coalescing, FileAccess, accesses_in};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
 use crate::domain::verify::{CaseFile, Outcome, Report, ReportLine};
@@ -36,7 +37,12 @@ macro_rules! conformance_tests {
             transition_is_compare_and_set_on_the_state,
             append_in_only_in_the_given_states,
             events_come_in_sequence_order,
-            log_snapshot_matches_its_records,
+            events_page_reads_the_log_in_pages,
+            stray_records_are_counted,
+            record_access_records_a_few_then_counts,
+            a_transition_folds_counted_accesses_first,
+            a_new_window_folds_the_last_one,
+            concurrent_accesses_are_all_accounted_for,
             count_by_state_covers_every_state,
             concurrent_appends_to_one_case_form_one_chain,
             concurrent_transitions_from_one_state_have_one_winner
@@ -156,10 +162,55 @@ fn expect_conflict<T: std::fmt::Debug>(
 
 /// The head and records of a case, checked against each other and the chain rules.
 async fn verified_log(store: &Arc<dyn Store>, case_ref: &str) -> anyhow::Result<Vec<EventRecord>> {
-    let (count, head, records) = store.log_snapshot(case_ref).await?;
+    let case = store.case(case_ref).await?.context("no such case")?;
+    let records = store.events(case_ref).await?;
+    let (count, head) = (case.event_count, case.head_hash);
     ensure!(count == records.len() as u64, "head says {count} records, {} stored", records.len());
     audit::verify_chain(case_ref, &records, Some((count, &head)))?;
+    ensure!(store.stray_records(case_ref).await? == 0, "records beside the chain");
     Ok(records)
+}
+
+/// Opens a case and takes it to `exported`, where the mount shows it.
+async fn exported_case(store: &Arc<dyn Store>, case_ref: &str) -> anyhow::Result<()> {
+    open_case(store, case_ref, DEPT).await?;
+    store
+        .transition(case_ref, CaseState::Open, CaseState::Approved, event("approved", 1))
+        .await?;
+    store
+        .transition(case_ref, CaseState::Approved, CaseState::Exported, event("exported", 2))
+        .await?;
+    Ok(())
+}
+
+fn access(case_ref: &str, file: &str, uid: u32, kind: AccessKind) -> FileAccess {
+    FileAccess {
+        case_ref: case_ref.to_string(),
+        actor: Actor {
+            name: format!("u{uid}"),
+            uid,
+        },
+        file: file.to_string(),
+        file_id: format!("ID-{file}"),
+        pid: 4000 + uid,
+        staff: uid != 2001,
+        kind,
+    }
+}
+
+/// Two records a window, a window longer than any test.
+const COUNT_AFTER_TWO: Coalescing = Coalescing {
+    window: std::time::Duration::from_secs(3600),
+    plain_per_window: 2,
+};
+
+/// The accesses the log's records of `event` on `file` stand for.
+fn accesses(records: &[EventRecord], event: EventKind, file: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.event == event.as_str() && r.details["file"] == file)
+        .map(|r| accesses_in(&r.details))
+        .sum()
 }
 
 pub async fn import_adds_updates_and_keeps(store: Arc<dyn Store>) -> anyhow::Result<()> {
@@ -469,24 +520,208 @@ pub async fn events_come_in_sequence_order(store: Arc<dyn Store>) -> anyhow::Res
     Ok(())
 }
 
-pub async fn log_snapshot_matches_its_records(store: Arc<dyn Store>) -> anyhow::Result<()> {
+pub async fn events_page_reads_the_log_in_pages(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    // Two cases written in turn, so their records interleave in storage.
     open_case(&store, "C-1", DEPT).await?;
-    for n in 1..=5 {
-        store.append_in("C-1", &[CaseState::Open], event("noted", n)).await?;
+    open_case(&store, "C-2", DEPT).await?;
+    for n in 1..=25 {
+        for case_ref in ["C-1", "C-2"] {
+            store.append_in(case_ref, &[CaseState::Open], event("noted", n)).await?;
+        }
     }
-    let last = store
-        .transition("C-1", CaseState::Open, CaseState::Approved, event("approved", 6))
-        .await?;
-    let (count, head, records) = store.log_snapshot("C-1").await?;
-    ensure!((count, head.as_str()) == (7, last.hash.as_str()), "head ({count}, {head})");
-    ensure!(records == store.events("C-1").await?, "snapshot and events differ");
+    let all = store.events("C-1").await?;
+    ensure!(all.len() == 26, "{} records", all.len());
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_page("C-1", after, 10).await?;
+        ensure!(page.len() <= 10, "a page of {} records", page.len());
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        paged.extend(page);
+    }
+    ensure!(paged == all, "the pages do not form the log");
+    let seqs = |p: &[EventRecord]| p.iter().map(|r| r.seq).collect::<Vec<u64>>();
+    ensure!(
+        seqs(&store.events_page("C-1", 20, 10).await?) == (21..=26).collect::<Vec<u64>>(),
+        "last page"
+    );
+    ensure!(seqs(&store.events_page("C-1", 25, 1).await?) == [26], "the last record alone");
+    ensure!(store.events_page("C-1", 26, 10).await?.is_empty(), "past the end");
+    ensure!(store.events_page("C-1", u64::MAX, 10).await?.is_empty(), "far past the end");
+    ensure!(store.events_page("C-9", 0, 10).await?.is_empty(), "records of an unknown case");
+    ensure!(
+        store.events_page("C-2", 0, 100).await? == store.events("C-2").await?,
+        "another case's pages"
+    );
     verified_log(&store, "C-1").await?;
+    Ok(())
+}
 
-    let missing = store.log_snapshot("C-9").await;
+pub async fn stray_records_are_counted(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    open_case(&store, "C-1", DEPT).await?;
+    store.append_in("C-1", &[CaseState::Open], event("noted", 1)).await?;
+    ensure!(store.stray_records("C-1").await? == 0, "an intact log has stray records");
+    ensure!(store.stray_records("C-9").await? == 0, "an unknown case has stray records");
+    Ok(())
+}
+
+pub async fn record_access_records_a_few_then_counts(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    let open = access("C-1", "a.fq", 2001, AccessKind::Opened);
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(store.record_access(&open, &COUNT_AFTER_TWO).await?);
+    }
+    ensure!(
+        matches!(&outcomes[..], [Recorded::Record(a), Recorded::Record(b), Recorded::Counted, Recorded::Counted, Recorded::Counted]
+            if a.seq == 4 && b.seq == 5 && a.event == "file_opened" && a.details == open.record().details),
+        "outcomes: {outcomes:?}"
+    );
+    // Another file, and the same file by staff, are keys of their own.
+    let staff_open = access("C-1", "a.fq", 1500, AccessKind::Opened);
+    ensure!(
+        matches!(store.record_access(&staff_open, &COUNT_AFTER_TWO).await?, Recorded::Record(_)),
+        "a staff open"
+    );
+    ensure!(store.opened_files("C-1", false).await? == ["a.fq"], "opened by the department");
+    ensure!(store.opened_files("C-1", true).await? == ["a.fq"], "opened by staff");
+    ensure!(store.opened_files("C-9", false).await?.is_empty(), "opened in an unknown case");
+    let read = access("C-1", "b.fq", 2001, AccessKind::Read { bytes_read: 10, size: 10 });
+    let short = access("C-1", "b.fq", 2001, AccessKind::Read { bytes_read: 4, size: 10 });
+    for a in [&read, &read, &read, &short] {
+        store.record_access(a, &COUNT_AFTER_TWO).await?;
+    }
+    ensure!(store.opened_files("C-1", false).await? == ["a.fq"], "a read is not an open");
+    let before = store.events("C-1").await?;
+    ensure!(before.len() == 3 + 2 + 1 + 2, "records: {before:?}");
+
+    // Not yet over: nothing to fold. Then all of it, as one record per key.
+    ensure!(store.fold_accesses(None, COUNT_AFTER_TWO.window).await? == 0, "folded early");
+    ensure!(store.fold_accesses(Some("C-1"), std::time::Duration::ZERO).await? == 2, "fold");
+    let log = verified_log(&store, "C-1").await?;
+    ensure!(log.len() == before.len() + 2, "records after the fold: {}", log.len());
+    ensure!(accesses(&log, EventKind::FileOpened, "a.fq") == 6, "opens: {log:?}");
+    ensure!(accesses(&log, EventKind::FileRead, "b.fq") == 4, "reads: {log:?}");
+    let counted_open = &log[log.len() - 2..]
+        .iter()
+        .find(|r| r.event == "file_opened")
+        .context("no counted open")?;
+    ensure!(
+        counted_open.details["opens"] == 3 && counted_open.uid == 2001 && counted_open.details["staff"] == false,
+        "{counted_open:?}"
+    );
+    let counted_read = log[log.len() - 2..]
+        .iter()
+        .find(|r| r.event == "file_read")
+        .context("no counted read")?;
+    ensure!(
+        counted_read.event == "file_read"
+            && counted_read.details["releases"] == 2
+            && counted_read.details["bytes_read"] == 14
+            && counted_read.details["complete_releases"] == 1,
+        "{counted_read:?}"
+    );
+    ensure!(store.fold_accesses(None, std::time::Duration::ZERO).await? == 0, "folded twice");
+    Ok(())
+}
+
+pub async fn a_transition_folds_counted_accesses_first(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    let open = access("C-1", "a.fq", 2001, AccessKind::Opened);
+    for _ in 0..7 {
+        store.record_access(&open, &COUNT_AFTER_TWO).await?;
+    }
+    let received = store
+        .transition("C-1", CaseState::Exported, CaseState::Received, event("received", 3))
+        .await?;
+    let log = verified_log(&store, "C-1").await?;
+    ensure!(log.last() == Some(&received), "the transition is not the last record");
+    ensure!(
+        log[log.len() - 2].details["opens"] == 5,
+        "no counted record before the transition: {log:?}"
+    );
+    ensure!(accesses(&log, EventKind::FileOpened, "a.fq") == 7, "opens: {log:?}");
+
+    // Still visible when received; once closed, an access is refused and writes nothing.
+    store.record_access(&open, &COUNT_AFTER_TWO).await?;
+    store
+        .transition("C-1", CaseState::Received, CaseState::Closed, event("closed", 4))
+        .await?;
+    let late = store.record_access(&open, &COUNT_AFTER_TWO).await;
+    expect_conflict(late, "C-1", CaseState::Exported, CaseState::Closed)?;
+    let log = verified_log(&store, "C-1").await?;
+    ensure!(accesses(&log, EventKind::FileOpened, "a.fq") == 8, "opens: {log:?}");
+    ensure!(store.fold_accesses(None, std::time::Duration::ZERO).await? == 0, "left counted");
+    let sealed = store.append_in("C-1", &[CaseState::Closed], event(audit::SEALED, 5)).await?;
+    ensure!(verified_log(&store, "C-1").await?.last() == Some(&sealed), "the seal is not last");
+
+    let open_case_access = access("C-2", "a.fq", 2001, AccessKind::Opened);
+    open_case(&store, "C-2", DEPT).await?;
+    let early = store.record_access(&open_case_access, &COUNT_AFTER_TWO).await;
+    expect_conflict(early, "C-2", CaseState::Exported, CaseState::Open)?;
+    ensure!(store.events("C-2").await?.len() == 1, "an access before the export wrote a record");
+    let missing = store
+        .record_access(&access("C-9", "a.fq", 2001, AccessKind::Opened), &COUNT_AFTER_TWO)
+        .await;
     ensure!(
         matches!(&missing, Err(StoreError::NoCase(r)) if r == "C-9"),
         "unknown case: {missing:?}"
     );
+    Ok(())
+}
+
+pub async fn a_new_window_folds_the_last_one(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    let open = access("C-1", "a.fq", 2001, AccessKind::Opened);
+    for _ in 0..4 {
+        store.record_access(&open, &COUNT_AFTER_TWO).await?;
+    }
+    // A window of zero is always over: the count is folded, then the access recorded.
+    let over = Coalescing {
+        window: std::time::Duration::ZERO,
+        plain_per_window: 2,
+    };
+    let Recorded::Record(rec) = store.record_access(&open, &over).await? else {
+        bail!("an access in a new window was only counted");
+    };
+    let log = verified_log(&store, "C-1").await?;
+    ensure!(log.last() == Some(&rec) && rec.details == open.record().details, "{log:?}");
+    ensure!(log[log.len() - 2].details["opens"] == 2, "the last window's count: {log:?}");
+    ensure!(accesses(&log, EventKind::FileOpened, "a.fq") == 5, "opens: {log:?}");
+    Ok(())
+}
+
+/// Accesses from many tasks at once are each recorded or counted, once.
+pub async fn concurrent_accesses_are_all_accounted_for(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    const TASKS: u32 = 8;
+    const EACH: u64 = 40;
+    exported_case(&store, "C-1").await?;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Two accounts on one file, each from several tasks.
+            let a = access("C-1", "a.fq", 2001 + task % 2, AccessKind::Opened);
+            for _ in 0..EACH {
+                store.record_access(&a, &COUNT_AFTER_TWO).await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    store
+        .transition("C-1", CaseState::Exported, CaseState::Received, event("received", 3))
+        .await?;
+    let log = verified_log(&store, "C-1").await?;
+    ensure!(
+        accesses(&log, EventKind::FileOpened, "a.fq") == TASKS as u64 * EACH,
+        "opens: {}",
+        accesses(&log, EventKind::FileOpened, "a.fq")
+    );
+    ensure!(log.len() == 3 + 2 * 3 + 1, "{} records", log.len());
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! lives in `migrations/<backend>/`.
 
 use crate::audit::{EventRecord, NewEvent};
+use crate::domain::access::{Coalescing, FileAccess};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
 use crate::domain::verify::CaseFile;
@@ -62,7 +63,12 @@ pub enum StoreError {
 ///   few times and then fails with [`StoreError::Busy`].
 /// * *State transitions.* A transition is a compare-and-set on the current
 ///   state: it happens only if the case is still in the state the caller
-///   decided on, together with the record that says so.
+///   decided on, together with the record that says so. In the same
+///   transaction, before its record, every access counted for the case (see
+///   [`Store::record_access`]) is folded into the log, so a state change —
+///   and the seal after the last one — follows every access made before it.
+/// * *Access counts.* Each [`Store::record_access`] reads and updates its
+///   key's count under the case's write lock, as appends do.
 ///
 /// Other writes (catalog imports, new cases) are single transactions; a case
 /// reference exists at most once (the schema's key, not a prior lookup).
@@ -110,14 +116,54 @@ pub trait Store: Send + Sync + 'static {
     /// the same transaction), so no access is ever recorded after a close.
     /// Out of those states: [`StoreError::Conflict`] naming the first of them.
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError>;
-    /// The case's records in sequence order (empty for an unknown case).
+    /// Records an access of a case file while the case is visible (exported
+    /// or received, checked in the same transaction; otherwise
+    /// [`StoreError::Conflict`] naming `exported`, and nothing is written).
+    ///
+    /// Accesses are recorded per key (case, event, file, uid, staff): the
+    /// first `policy.plain_per_window` of each `policy.window` get a record of
+    /// their own ([`FileAccess::record`]); further ones are added to the key's
+    /// durable count, which becomes one counted record
+    /// ([`AccessCount::record`](crate::domain::access::AccessCount::record))
+    /// at the key's first access after the window, by
+    /// [`fold_accesses`](Store::fold_accesses), and always before the case's
+    /// next transition. `Ok` means the access is durable, as a record or in
+    /// the count.
+    async fn record_access(&self, access: &FileAccess, policy: &Coalescing) -> Result<Recorded, StoreError>;
+    /// Folds the counted accesses into their cases' logs as counted records:
+    /// of `case_ref` (all cases when `None`), of keys whose window began at
+    /// least `older_than` ago (all of them for zero). Returns the number of
+    /// records written.
+    async fn fold_accesses(&self, case_ref: Option<&str>, older_than: std::time::Duration) -> Result<u64, StoreError>;
+    /// The mount names of the case's files that a caller with this `staff`
+    /// flag has opened (each once, in name order), from the access counts:
+    /// whatever the length of the log, a look-up per file.
+    async fn opened_files(&self, case_ref: &str, staff: bool) -> Result<Vec<String>, StoreError>;
+    /// The case's records in sequence order (empty for an unknown case), all
+    /// in memory: for short logs. Long ones are read with
+    /// [`events_page`](Store::events_page).
     async fn events(&self, case_ref: &str) -> Result<Vec<EventRecord>, StoreError>;
-    /// The case's head (record count, last hash) and its records in sequence
-    /// order, read in one snapshot so records appended meanwhile cannot look
-    /// like tampering; [`StoreError::NoCase`] when there is no such case.
-    async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError>;
+    /// At most `limit` of the case's records with a sequence number above
+    /// `after_seq`, in sequence order (empty for an unknown case or past the
+    /// end). Records never change once written, so pages read one after the
+    /// other form the log as it was when the last of them was read.
+    async fn events_page(&self, case_ref: &str, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+    /// The number of the case's records whose sequence number lies outside
+    /// `1..=` its head's record count, read in one snapshot: none in an
+    /// intact log, where every record was written together with its head.
+    async fn stray_records(&self, case_ref: &str) -> Result<u64, StoreError>;
     /// The number of cases in each state, for every state in [`CaseState::ALL`] order.
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
+}
+
+/// How [`Store::record_access`] recorded an access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// In a record of its own: the last record written (a counted record of
+    /// the window before may precede it).
+    Record(EventRecord),
+    /// Added to its key's count.
+    Counted,
 }
 
 /// Opens the store named by a database URL, creating and migrating it.

@@ -3,8 +3,9 @@
 //! the last commit and no other write interleaves, however many connections
 //! write. Reads use a small pool of read-only connections.
 
-use super::{CaseRecord, ImportSummary, NewCase, Store, StoreError};
-use crate::audit::{self, EventRecord, GENESIS, NewEvent};
+use super::{CaseRecord, ImportSummary, NewCase, Recorded, Store, StoreError};
+use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
+use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
 use crate::domain::verify::CaseFile;
@@ -207,6 +208,26 @@ impl SqliteStore {
         Tx::begin(&self.writer, "BEGIN IMMEDIATE").await
     }
 
+    /// Appends `events` to a case's log in one transaction, whatever the
+    /// case's state: for loading many records at once (benchmarks, imports).
+    /// The daemon appends through [`Store`], record by record.
+    pub async fn append_many(&self, case_ref: &str, events: Vec<NewEvent>) -> Result<Option<EventRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = async {
+            let (_, mut count, mut head) = Self::head(&mut tx, case_ref).await?;
+            let mut last = None;
+            for e in events {
+                let rec = Self::push_event(&mut tx, case_ref, count, &head, e).await?;
+                count = rec.seq;
+                head.clone_from(&rec.hash);
+                last = Some(rec);
+            }
+            Ok(last)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
     /// The case's state and head (record count, last hash).
     async fn head(tx: &mut Tx, case_ref: &str) -> Result<(CaseState, u64, String), StoreError> {
         let row = sqlx::query("SELECT state, event_count, head_hash FROM cases WHERE ref = $1")
@@ -275,6 +296,7 @@ impl SqliteStore {
                 actual: state,
             });
         }
+        let (count, head) = Self::fold_case(tx, case_ref, count, head, None).await?;
         let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
             .bind(to.as_str())
             .bind(crate::unix::now_secs())
@@ -301,19 +323,124 @@ impl SqliteStore {
         Self::push_event(tx, case_ref, count, &head, event).await
     }
 
-    /// The case's head and records, inside `tx`.
-    async fn try_log_snapshot(tx: &mut Tx, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
-        let head = sqlx::query("SELECT event_count, head_hash FROM cases WHERE ref = $1")
+    /// Folds the case's counted accesses into its log, inside `tx`, onto the
+    /// head (`count`, `head`) read in it: of keys whose window began at or
+    /// before `cutoff` (unix seconds), of all keys for `None`. Returns the new head.
+    async fn fold_case(
+        tx: &mut Tx,
+        case_ref: &str,
+        mut count: u64,
+        mut head: String,
+        cutoff: Option<i64>,
+    ) -> Result<(u64, String), StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM access_counts WHERE case_ref = $1 AND pending > 0 AND ($2 IS NULL OR window_start <= $2) \
+             ORDER BY event, file, uid, staff",
+        )
+        .bind(case_ref)
+        .bind(cutoff)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            let rec = Self::push_event(tx, case_ref, count, &head, access_count(case_ref, row)?.record()).await?;
+            sqlx::query(
+                "UPDATE access_counts SET pending = 0, pending_bytes = 0, pending_complete = 0, first_at = NULL, last_at = NULL, last_pid = NULL \
+                 WHERE case_ref = $1 AND event = $2 AND file = $3 AND uid = $4 AND staff = $5",
+            )
             .bind(case_ref)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| StoreError::NoCase(case_ref.to_string()))?;
-        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 ORDER BY seq")
-            .bind(case_ref)
-            .fetch_all(&mut **tx)
+            .bind(row.try_get::<String, _>("event")?)
+            .bind(row.try_get::<String, _>("file")?)
+            .bind(row.try_get::<i64, _>("uid")?)
+            .bind(row.try_get::<i64, _>("staff")?)
+            .execute(&mut **tx)
             .await?;
-        let events = rows.iter().map(event_record).collect::<Result<Vec<_>, _>>()?;
-        Ok((head.try_get::<i64, _>(0)? as u64, head.try_get(1)?, events))
+            (count, head) = (rec.seq, rec.hash);
+        }
+        Ok((count, head))
+    }
+
+    /// One attempt at recording an access, inside `tx`.
+    async fn try_record_access(tx: &mut Tx, a: &FileAccess, policy: &Coalescing) -> Result<Recorded, StoreError> {
+        let (state, count, head) = Self::head(tx, &a.case_ref).await?;
+        if !state.is_visible() {
+            return Err(StoreError::Conflict {
+                case_ref: a.case_ref.clone(),
+                expected: CaseState::VISIBLE[0],
+                actual: state,
+            });
+        }
+        let event = a.event().as_str();
+        let key = "case_ref = $1 AND event = $2 AND file = $3 AND uid = $4 AND staff = $5";
+        let window = sqlx::query(&format!("SELECT window_start, window_records FROM access_counts WHERE {key}"))
+            .bind(&a.case_ref)
+            .bind(event)
+            .bind(&a.file)
+            .bind(a.actor.uid as i64)
+            .bind(a.staff as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let now = crate::unix::now_secs();
+        let step = match &window {
+            None => Step::NewWindow,
+            Some(w) => access::step(
+                policy,
+                now,
+                w.try_get("window_start")?,
+                w.try_get::<i64, _>("window_records")?.clamp(0, u32::MAX as i64) as u32,
+            ),
+        };
+        let (bytes, complete) = a.read();
+        if step == Step::Count {
+            let at = audit::now_rfc3339();
+            sqlx::query(&format!(
+                "UPDATE access_counts SET pending = pending + 1, pending_bytes = pending_bytes + $6, pending_complete = pending_complete + $7, \
+                 first_at = CASE WHEN pending = 0 THEN $8 ELSE first_at END, last_at = $8, last_pid = $9, actor = $10 WHERE {key}"
+            ))
+            .bind(&a.case_ref)
+            .bind(event)
+            .bind(&a.file)
+            .bind(a.actor.uid as i64)
+            .bind(a.staff as i64)
+            .bind(bytes as i64)
+            .bind(complete as i64)
+            .bind(&at)
+            .bind(a.pid as i64)
+            .bind(&a.actor.name)
+            .execute(&mut **tx)
+            .await?;
+            return Ok(Recorded::Counted);
+        }
+        // A new window first folds what the last ones counted (this key's
+        // among them), so the log keeps the order of time.
+        let new_window = step == Step::NewWindow;
+        let (count, head) = if window.is_some() && new_window {
+            let cutoff = now.saturating_sub(policy.window.as_secs() as i64);
+            Self::fold_case(tx, &a.case_ref, count, head, Some(cutoff)).await?
+        } else {
+            (count, head)
+        };
+        let rec = Self::push_event(tx, &a.case_ref, count, &head, a.record()).await?;
+        sqlx::query(
+            "INSERT INTO access_counts (case_ref, event, file, uid, staff, actor, file_id, size, window_start, window_records, \
+             pending, pending_bytes, pending_complete) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, 0, 0, 0) \
+             ON CONFLICT (case_ref, event, file, uid, staff) DO UPDATE SET actor = excluded.actor, file_id = excluded.file_id, \
+             size = excluded.size, \
+             window_start = CASE WHEN $10 THEN excluded.window_start ELSE access_counts.window_start END, \
+             window_records = CASE WHEN $10 THEN 1 ELSE access_counts.window_records + 1 END",
+        )
+        .bind(&a.case_ref)
+        .bind(event)
+        .bind(&a.file)
+        .bind(a.actor.uid as i64)
+        .bind(a.staff as i64)
+        .bind(&a.actor.name)
+        .bind(&a.file_id)
+        .bind(a.size() as i64)
+        .bind(now)
+        .bind(new_window)
+        .execute(&mut **tx)
+        .await?;
+        Ok(Recorded::Record(rec))
     }
 
     async fn try_create_case(tx: &mut Tx, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
@@ -517,6 +644,31 @@ fn event_record(row: &SqliteRow) -> Result<EventRecord, StoreError> {
     })
 }
 
+/// The pending count of an `access_counts` row.
+fn access_count(case_ref: &str, row: &SqliteRow) -> Result<AccessCount, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(case_ref.to_string(), what);
+    let event: String = row.try_get("event")?;
+    let event = EventKind::parse(&event).ok_or_else(|| corrupt(format!("unknown access event {event:?}")))?;
+    let n = |col: &str| -> Result<u64, StoreError> { Ok(row.try_get::<i64, _>(col)?.max(0) as u64) };
+    Ok(AccessCount {
+        event,
+        actor: Actor {
+            name: row.try_get("actor")?,
+            uid: row.try_get::<i64, _>("uid")? as u32,
+        },
+        file: row.try_get("file")?,
+        file_id: row.try_get("file_id")?,
+        staff: row.try_get::<i64, _>("staff")? != 0,
+        size: n("size")?,
+        count: n("pending")?,
+        bytes_read: n("pending_bytes")?,
+        complete: n("pending_complete")?,
+        first_at: row.try_get::<Option<String>, _>("first_at")?.unwrap_or_default(),
+        last_at: row.try_get::<Option<String>, _>("last_at")?.unwrap_or_default(),
+        last_pid: row.try_get::<Option<i64>, _>("last_pid")?.unwrap_or(0) as u32,
+    })
+}
+
 const LIVE: &str = "('open','approved','blocked','exported','received')";
 
 #[async_trait::async_trait]
@@ -629,10 +781,80 @@ impl Store for SqliteStore {
         rows.iter().map(event_record).collect()
     }
 
-    async fn log_snapshot(&self, case_ref: &str) -> Result<(u64, String, Vec<EventRecord>), StoreError> {
-        let mut tx = Tx::begin(&self.reader, "BEGIN").await?;
-        let result = Self::try_log_snapshot(&mut tx, case_ref).await;
-        finish(tx, result).await
+    async fn record_access(&self, access: &FileAccess, policy: &Coalescing) -> Result<Recorded, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_record_access(&mut tx, access, policy).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn fold_accesses(&self, case_ref: Option<&str>, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = crate::unix::now_secs().saturating_sub(older_than.as_secs() as i64);
+        let cases: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT case_ref FROM access_counts WHERE pending > 0 AND window_start <= $1 AND ($2 IS NULL OR case_ref = $2) ORDER BY case_ref",
+        )
+        .bind(cutoff)
+        .bind(case_ref)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut written = 0;
+        for case_ref in cases {
+            let mut attempt = 1;
+            loop {
+                let mut tx = self.begin_write().await?;
+                let result = match Self::head(&mut tx, &case_ref).await {
+                    Ok((_, count, head)) => Self::fold_case(&mut tx, &case_ref, count, head, Some(cutoff))
+                        .await
+                        .map(|(after, _)| after - count),
+                    Err(e) => Err(e),
+                };
+                match finish(tx, result).await {
+                    Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                    done => {
+                        written += done?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    async fn opened_files(&self, case_ref: &str, staff: bool) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT file FROM access_counts WHERE case_ref = $1 AND event = $2 AND staff = $3 ORDER BY file")
+                .bind(case_ref)
+                .bind(EventKind::FileOpened.as_str())
+                .bind(staff as i64)
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn events_page(&self, case_ref: &str, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM case_events WHERE case_ref = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(case_ref)
+            .bind(after_seq.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event_record).collect()
+    }
+
+    async fn stray_records(&self, case_ref: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM case_events WHERE case_ref = $1 \
+             AND (seq < 1 OR seq > COALESCE((SELECT event_count FROM cases WHERE ref = $1), 0))",
+        )
+        .bind(case_ref)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError> {
@@ -860,6 +1082,134 @@ mod tests {
         let store = SqliteStore::open(&url).await?;
         anyhow::ensure!(store.events("C-1").await?.len() == 2);
         anyhow::ensure!(store.events("C-2").await?.len() == 1);
+        Ok(())
+    }
+
+    fn note(name: &str, details: serde_json::Value, uid: u32) -> NewEvent {
+        NewEvent {
+            actor: format!("u{uid}"),
+            uid,
+            event: name.into(),
+            details,
+        }
+    }
+
+    async fn exported(store: &SqliteStore, case_ref: &str) -> anyhow::Result<()> {
+        store
+            .create_case(empty_case(case_ref), note("opened", serde_json::json!({}), 0))
+            .await?;
+        store
+            .transition(
+                case_ref,
+                CaseState::Open,
+                CaseState::Approved,
+                note("approved", serde_json::json!({}), 0),
+            )
+            .await?;
+        store
+            .transition(
+                case_ref,
+                CaseState::Approved,
+                CaseState::Exported,
+                note("exported", serde_json::json!({}), 0),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn open_of(case_ref: &str, file: &str, uid: u32) -> FileAccess {
+        FileAccess {
+            case_ref: case_ref.into(),
+            actor: Actor {
+                name: format!("u{uid}"),
+                uid,
+            },
+            file: file.into(),
+            file_id: "F1".into(),
+            pid: 1,
+            staff: false,
+            kind: access::AccessKind::Opened,
+        }
+    }
+
+    /// An access whose count cannot be written fails, writes nothing, and
+    /// leaves the store usable: the mount refuses such an open.
+    #[tokio::test]
+    async fn an_access_whose_count_cannot_be_written_fails_and_writes_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())).await?;
+        exported(&store, "C-1").await?;
+        let open = open_of("C-1", "a.fq", 2001);
+        let one = Coalescing {
+            window: Duration::from_secs(3600),
+            plain_per_window: 1,
+        };
+        anyhow::ensure!(matches!(store.record_access(&open, &one).await?, Recorded::Record(_)), "first open");
+        sqlx::query("CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END")
+            .execute(&store.writer)
+            .await?;
+        let before = store.events("C-1").await?;
+        // Counted, and recorded with its count moved on: both refused.
+        let counted = store.record_access(&open, &one).await;
+        anyhow::ensure!(matches!(counted, Err(StoreError::Db(_))), "a counted open: {counted:?}");
+        let new_window = Coalescing {
+            window: Duration::ZERO,
+            plain_per_window: 1,
+        };
+        let recorded = store.record_access(&open, &new_window).await;
+        anyhow::ensure!(matches!(recorded, Err(StoreError::Db(_))), "a recorded open: {recorded:?}");
+        anyhow::ensure!(store.events("C-1").await? == before, "a refused access wrote a record");
+        sqlx::query("DROP TRIGGER refuse_counts").execute(&store.writer).await?;
+        anyhow::ensure!(
+            matches!(store.record_access(&open, &one).await?, Recorded::Counted),
+            "after the fault"
+        );
+        Ok(())
+    }
+
+    /// Logs from before access counting: their opens still count for a
+    /// receipt, and the next access starts a window.
+    #[tokio::test]
+    async fn the_migration_counts_opens_logged_before_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        {
+            let store = SqliteStore::open(&url).await?;
+            exported(&store, "C-1").await?;
+            let opened = |file: &str, staff: bool, uid: u32| {
+                note(
+                    "file_opened",
+                    serde_json::json!({"file": file, "file_id": "F1", "pid": 1, "staff": staff}),
+                    uid,
+                )
+            };
+            let read = note(
+                "file_read",
+                serde_json::json!({"file": "a.fq", "file_id": "F1", "pid": 1, "bytes_read": 3, "size": 3, "complete": true}),
+                2001,
+            );
+            for e in [
+                opened("a.fq", false, 2001),
+                opened("a.fq", false, 2001),
+                opened("b.fq", true, 1500),
+                read,
+            ] {
+                store.append_in("C-1", &CaseState::VISIBLE, e).await?;
+            }
+            // As the database was before the migration.
+            sqlx::query("DROP TABLE access_counts").execute(&store.writer).await?;
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261201000001")
+                .execute(&store.writer)
+                .await?;
+            store.writer.close().await;
+            store.reader.close().await;
+        }
+        let store = SqliteStore::open(&url).await?;
+        anyhow::ensure!(store.opened_files("C-1", false).await? == ["a.fq"], "department's opens");
+        anyhow::ensure!(store.opened_files("C-1", true).await? == ["b.fq"], "staff's opens");
+        let n = store.events("C-1").await?.len();
+        let rec = store.record_access(&open_of("C-1", "a.fq", 2001), &access::COALESCING).await?;
+        anyhow::ensure!(matches!(rec, Recorded::Record(r) if r.seq == n as u64 + 1), "the next open");
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The rules of the service, free of storage, sockets and FUSE.
 
+pub mod access;
 pub mod authz;
 pub mod case;
 pub mod catalog;

@@ -1,8 +1,8 @@
 //! Catalog import, status and audit verification.
 
 use super::Service;
+use super::caselog::LogCheck;
 use super::request::refuse;
-use crate::audit::{self};
 use crate::control::proto::{AuditReport, RefusalKind, Reply, Response, StatusReply};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogError, parse_catalog};
@@ -121,27 +121,29 @@ impl Service {
             failures: Vec::new(),
         };
         for c in &cases {
-            // Head and records from one snapshot: pulls append records all the time.
-            let (count, head, events) = self.store.log_snapshot(&c.case_ref).await?;
-            report.records += events.len() as u64;
-            if let Err(e) = audit::verify_chain(&c.case_ref, &events, Some((count, &head))) {
-                report.failures.push(e.to_string());
-                continue;
-            }
-            let path = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                report.sealed_files += 1;
-                match audit::verify_sealed(&text) {
-                    Err(e) => report.failures.push(format!("{}: {e}", path.display())),
-                    Ok(_) if text != audit::to_jsonl(&events) => report
-                        .failures
-                        .push(format!("{}: differs from the case log in the database", path.display())),
-                    Ok(_) => {}
+            // Page by page up to the head read first: pulls append records all the time.
+            let (count, head) = match self.check_log(&c.case_ref).await? {
+                LogCheck::Intact { records, head } => (records, head),
+                LogCheck::Broken(e) => {
+                    report.records += c.event_count;
+                    report.failures.push(e.to_string());
+                    continue;
                 }
-            } else if c.state.is_terminal() {
-                report
-                    .failures
-                    .push(format!("case {}: the sealed log {} is missing", c.case_ref, path.display()));
+            };
+            report.records += count;
+            match self.check_sealed_file(&c.case_ref, count, &head).await {
+                Some(checked) => {
+                    report.sealed_files += 1;
+                    if let Err(failure) = checked {
+                        report.failures.push(failure);
+                    }
+                }
+                None if c.state.is_terminal() => report.failures.push(format!(
+                    "case {}: the sealed log {} is missing",
+                    c.case_ref,
+                    self.sealed_path(&c.case_ref).display()
+                )),
+                None => {}
             }
         }
         Ok(Reply::Audit(report))

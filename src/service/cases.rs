@@ -1,6 +1,7 @@
 //! Handlers of the `case` requests: open, approve, reject, confirm, close, and the case view.
 
 use super::Service;
+use super::caselog::LogCheck;
 use super::request::{not_found, parse_ref, refuse};
 use crate::audit::{self, Actor, EventKind, NewEvent};
 use crate::control::proto::{CaseView, DeliveredFile, Refusal, RefusalKind, Reply, Response};
@@ -32,7 +33,11 @@ impl Service {
             .get(&case.case_ref)
             .map(|j| (j.progress.done.load(Ordering::Relaxed), j.total));
         let blocked_reason = if case.state == CaseState::Blocked {
-            let events = self.store.events(&case.case_ref).await?;
+            // The `blocked` record is at the end of the log: read only its end.
+            let events = self
+                .store
+                .events_page(&case.case_ref, case.event_count.saturating_sub(16), 16)
+                .await?;
             events
                 .iter()
                 .rev()
@@ -181,13 +186,8 @@ impl Service {
     /// The case's files (export names) that no open by a non-staff caller —
     /// the department's transfer account — is recorded for.
     async fn unread_files(&self, case_ref: &str, files: &[CaseFile]) -> Result<Vec<String>, Refusal> {
-        let events = self.store.events(case_ref).await?;
-        let read: std::collections::HashSet<&str> = events
-            .iter()
-            .filter(|e| e.kind() == Some(EventKind::FileOpened))
-            .filter(|e| e.details.get("staff").and_then(|s| s.as_bool()) == Some(false))
-            .filter_map(|e| e.details.get("file").and_then(|f| f.as_str()))
-            .collect();
+        let opened = self.store.opened_files(case_ref, false).await?;
+        let read: std::collections::HashSet<&str> = opened.iter().map(String::as_str).collect();
         Ok(files
             .iter()
             .filter(|f| !read.contains(f.export_name.as_str()))
@@ -232,9 +232,9 @@ impl Service {
         let action = if force { Action::ForceClose } else { Action::Close };
         let facts = case.facts();
         transition(role, action, facts)?;
-        let (count, head, events) = self.store.log_snapshot(&case.case_ref).await?;
-        audit::verify_chain(&case.case_ref, &events, Some((count, &head)))
-            .map_err(|e| refuse(RefusalKind::Failed, format!("close refused: the case log is broken: {e}")))?;
+        if let LogCheck::Broken(e) = self.check_log(&case.case_ref).await? {
+            return Err(refuse(RefusalKind::Failed, format!("close refused: the case log is broken: {e}")));
+        }
         self.end_case(role, actor, &case.case_ref, action, json!({"forced": force, "reason": reason}))
             .await?;
         let case = self.visible_case(role, case_ref).await?;

@@ -4,7 +4,7 @@
 use super::Service;
 use super::jobs::NotServable;
 use super::request::{not_found, refuse};
-use crate::audit::{self, Actor, EventKind, EventRecord, NewEvent};
+use crate::audit::{Actor, EventKind, EventRecord, NewEvent};
 use crate::control::proto::{Refusal, RefusalKind};
 use crate::domain::authz::no_longer_authorized;
 use crate::domain::case::CaseRecord;
@@ -14,23 +14,10 @@ use crate::export::table::{Backing, ExportedCase, ExportedFile};
 use crate::gdb::FileIdentity;
 use crate::receipt;
 use serde_json::json;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{error, info, warn};
-
-pub(super) fn write_sealed(dir: &Path, case_ref: &str, events: &[EventRecord]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{case_ref}.jsonl"));
-    let tmp = dir.join(format!(".{case_ref}.jsonl.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(audit::to_jsonl(events).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
 
 impl Service {
     pub(super) async fn take(
@@ -254,28 +241,21 @@ impl Service {
                 format!("cannot delete the staging area of {case_ref}: {e}; it is retried at the next expiry pass"),
             )
         })?;
-        let mut events = self.store.events(case_ref).await?;
-        if events.last().and_then(|e| e.kind()) != Some(EventKind::Sealed) {
-            let head = events.last().map(|e| e.hash.clone()).unwrap_or_default();
-            let seal = json!({"records": events.len(), "head": head, "staging_deleted": true});
+        let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
+        let last = self.last_record(case_ref, case.event_count).await?;
+        if last.as_ref().and_then(|e| e.kind()) != Some(EventKind::Sealed) {
+            let head = last.map(|e| e.hash).unwrap_or_default();
+            let seal = json!({"records": case.event_count, "head": head, "staging_deleted": true});
 
-            let rec = self
-                .store
+            self.store
                 .append_in(
                     case_ref,
                     &CaseState::TERMINAL,
                     NewEvent::new(&Actor::system(), EventKind::Sealed, seal),
                 )
                 .await?;
-            events.push(rec);
         }
-        let dir = self.cfg.caselog_dir();
-        let case_ref_owned = case_ref.to_string();
-        let n = events.len();
-        tokio::task::spawn_blocking(move || write_sealed(&dir, &case_ref_owned, &events))
-            .await
-            .map_err(|e| refuse(RefusalKind::Internal, e.to_string()))?
-            .map_err(|e| refuse(RefusalKind::Internal, format!("cannot write the sealed case log: {e}")))?;
+        let n = self.write_sealed(case_ref).await?;
         info!(case = %case_ref, records = n, "case log sealed");
         Ok(())
     }

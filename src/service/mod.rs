@@ -3,11 +3,13 @@
 //! their effects (staging started, mount changed, staging deleted, log sealed)
 //! live in `lifecycle`; `jobs` stage and verify files and return what they
 //! found; `recovery` runs after a start and on the expiry timer; `access_log`
-//! writes the mount's access records. Rules come from `domain`, storage from
+//! writes the mount's access records; `caselog` reads and writes case logs a
+//! page at a time. Rules come from `domain`, storage from
 //! `db`, visibility goes to the export table.
 
 mod access_log;
 mod admin;
+mod caselog;
 mod cases;
 mod jobs;
 mod lifecycle;

@@ -51,8 +51,8 @@ impl Service {
         };
         for c in cases.iter().filter(|c| c.state.is_terminal()) {
             let sealed_file = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
-            let sealed = match self.store.events(&c.case_ref).await {
-                Ok(ev) => ev.last().and_then(|e| e.kind()) == Some(EventKind::Sealed),
+            let sealed = match self.last_record(&c.case_ref, c.event_count).await {
+                Ok(last) => last.and_then(|e| e.kind()) == Some(EventKind::Sealed),
                 Err(_) => continue,
             };
             if !sealed || !sealed_file.exists() {

@@ -162,15 +162,9 @@ impl Service {
                 let case = self.visible_case(role, &case_ref).await?;
                 Ok(Reply::Case(Box::new(self.view(role, case).await?)))
             }
-            Request::CaseLog { case_ref } => {
+            Request::CaseLog { case_ref, since, limit } => {
                 staff_only("case log")?;
-                let case_ref = parse_ref(&case_ref)?;
-                if self.store.case(case_ref.as_str()).await?.is_none() {
-                    return Err(not_found(case_ref.as_str()));
-                }
-                Ok(Reply::Log {
-                    records: self.store.events(case_ref.as_str()).await?,
-                })
+                self.case_log(&case_ref, since, limit).await
             }
             Request::AuditVerify => {
                 staff_only("audit verify")?;
