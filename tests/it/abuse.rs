@@ -266,3 +266,137 @@ time.sleep(25)
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Runs SQL on the daemon's database beside the daemon (as root).
+fn sql(env: &Env, statement: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); c.execute(sys.argv[2]); c.commit()",
+        ])
+        .arg(env.database())
+        .arg(statement)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every record of a case log, read a page of `limit` at a time.
+fn paged_log(env: &Env, case_ref: &str, limit: u32) -> Vec<serde_json::Value> {
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut since = 0;
+    loop {
+        let (s, l) = (since.to_string(), limit.to_string());
+        let out = env.cli(&["case", "log", case_ref, "--since", &s, "--limit", &l, "--json"]).ok();
+        let page = out.json().as_array().unwrap().clone();
+        assert!(page.len() <= limit as usize, "a page of {} records", page.len());
+        let Some(last) = page.last() else { break };
+        since = last["seq"].as_u64().unwrap();
+        all.extend(page);
+        if !out.stderr.contains("more records follow") {
+            break;
+        }
+    }
+    all
+}
+
+/// The accesses of `file` by `uid` that records of `event` stand for (a
+/// counted record's `opens` or `releases`, else one).
+fn accesses(records: &[serde_json::Value], event: &str, file: &str, uid: u32) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["event"] == event && r["details"]["file"] == file && r["uid"] == uid)
+        .map(|r| {
+            let d = &r["details"];
+            d["opens"].as_u64().or(d["releases"].as_u64()).unwrap_or(1)
+        })
+        .sum()
+}
+
+#[test]
+fn repeated_opens_are_counted_and_the_log_stays_readable() {
+    // The user-space read path, where each release gets a read record too.
+    let env = Env::ready_with(|o| o.extra_config.push_str("passthrough = false\n"));
+    const CASE: &str = "AB-OPENS";
+    const OPENS: u32 = 2000;
+    env.cli(&["case", "open", CASE, "--requester", ALICE, "GDB-0001"]).ok();
+    env.cli(&["case", "approve", CASE]).ok();
+    let file = env.file("GDB-0001").base_name().to_string();
+    let path = env.mnt.join(CASE).join(&file);
+    let before = paged_log(&env, CASE, 1000).len();
+
+    // One transfer account opens and reads one file 2,000 times.
+    let hammer = format!(
+        "import sys\nn = 0\nfor i in range({OPENS}):\n    with open({path:?}, 'rb') as f:\n        f.read()\n    n += 1\nprint(n)\n"
+    );
+    let out = python_as(UID_A1, &env, &hammer).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), OPENS.to_string());
+    let released = || env.cli(&["status", "--json"]).ok().json()["pulls_in_progress"] == 0;
+    assert!(env.wait_for(Duration::from_secs(30), released), "the opens are not all released");
+
+    // A bounded number of records, not one per open (a few one by one, then counted).
+    let log = paged_log(&env, CASE, 1000);
+    let grown = log.len() - before;
+    assert!(grown <= 20, "{OPENS} opens added {grown} records");
+    assert!(accesses(&log, "file_opened", &file, UID_A1) >= 1);
+    env.cli(&["audit", "verify"]).ok();
+
+    // `case log` pages: --limit, --since, and how to get the next page.
+    let first = env.cli(&["case", "log", CASE, "--limit", "2"]).ok();
+    assert_eq!(first.stdout.lines().count(), 3, "{}", first.stdout);
+    first.stderr_has(&format!("the next page: workcopy case log {CASE} --since 2 --limit 2"));
+    let second = env.cli(&["case", "log", CASE, "--since", "2", "--limit", "2", "--json"]).ok();
+    let seqs: Vec<u64> = second
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let n = log.len().to_string();
+    let end = env.cli(&["case", "log", CASE, "--since", &n, "--json"]).ok();
+    assert_eq!(end.json(), serde_json::json!([]));
+    assert!(!end.stderr.contains("more records"), "{}", end.stderr);
+    assert_eq!(paged_log(&env, CASE, 3), log, "pages of 3 differ from pages of 1000");
+    env.cli(&["case", "log", CASE, "--limit", "0"]).code(2);
+
+    // An open whose count cannot be written fails, and so is not served.
+    sql(
+        &env,
+        "CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END",
+    );
+    let try_open = format!(
+        "import errno\ntry:\n    open({path:?}, 'rb').read()\n    print('opened')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let refused = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "EIO");
+    sql(&env, "DROP TRIGGER refuse_counts");
+    let served = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), "opened");
+    assert!(env.wait_for(Duration::from_secs(30), released), "the last open is not released");
+
+    // The receipt is accepted (the department read the file), and the
+    // state changes fold the counts into the log: every open is accounted for.
+    let sums = sums_list(&env.received_sums(CASE));
+    env.cli_as_stdin(Who::Dept(UID_A1), &["case", "confirm", CASE, "--sha256sums", "-"], &sums)
+        .ok();
+    env.cli(&["case", "close", CASE]).ok();
+    let log = paged_log(&env, CASE, 1000);
+    assert_eq!(accesses(&log, "file_opened", &file, UID_A1), OPENS as u64 + 1, "{log:?}");
+    let reads = accesses(&log, "file_read", &file, UID_A1);
+    assert!(reads >= 1 && reads <= OPENS as u64 + 1, "{reads} reads");
+    assert!(log.len() - before <= 30, "{} records", log.len() - before);
+    env.cli(&["audit", "verify"]).ok();
+
+    // The sealed log holds the same records and verifies on its own.
+    let sealed = env.sealed_log(CASE);
+    env.cli(&["audit", "verify", "--file", sealed.to_str().unwrap()]).ok();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&sealed)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, log);
+}
