@@ -907,9 +907,10 @@ fn an_unconfirmed_case_expires_after_case_ttl() {
     assert!(env.staging_dir("EXP-1").exists());
     let expired = env.wait_for(Duration::from_secs(15), || env.state_of("EXP-1") == "expired");
     assert!(expired, "not expired: {}\n{}", env.state_of("EXP-1"), env.daemon_log());
-    assert!(!env.staging_dir("EXP-1").exists());
+    // The staging area goes and the log is sealed right after the state change.
     let sealed = env.sealed_log("EXP-1");
-    assert!(sealed.is_file());
+    assert!(env.wait_for(Duration::from_secs(5), || sealed.is_file()), "the log is not sealed");
+    assert!(!env.staging_dir("EXP-1").exists());
     env.cli(&["audit", "verify", "--file", sealed.to_str().unwrap()]).ok();
     let log = env.cli(&["case", "log", "EXP-1", "--json"]).ok().json();
     let recs = log.as_array().unwrap();
