@@ -267,20 +267,6 @@ time.sleep(25)
     let _ = child.wait();
 }
 
-/// Runs SQL on the daemon's database beside the daemon (as root).
-fn sql(env: &Env, statement: &str) {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); c.execute(sys.argv[2]); c.commit()",
-        ])
-        .arg(env.database())
-        .arg(statement)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Every record of a case log, read a page of `limit` at a time.
 fn paged_log(env: &Env, case_ref: &str, limit: u32) -> Vec<serde_json::Value> {
     let mut all: Vec<serde_json::Value> = Vec::new();
@@ -363,16 +349,13 @@ fn repeated_opens_are_counted_and_the_log_stays_readable() {
     env.cli(&["case", "log", CASE, "--limit", "0"]).code(2);
 
     // An open whose count cannot be written fails, and so is not served.
-    sql(
-        &env,
-        "CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END",
-    );
+    env.sql("CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END");
     let try_open = format!(
         "import errno\ntry:\n    open({path:?}, 'rb').read()\n    print('opened')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
     );
     let refused = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "EIO");
-    sql(&env, "DROP TRIGGER refuse_counts");
+    env.sql("DROP TRIGGER refuse_counts");
     let served = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), "opened");
     assert!(env.wait_for(Duration::from_secs(30), released), "the last open is not released");

@@ -523,6 +523,24 @@ impl Env {
         self.state.join("workcopy.db")
     }
 
+    /// Runs one SQL statement on the database beside the daemon (as root,
+    /// with python3's sqlite3) and returns the first column of its first
+    /// row, if any, as text.
+    #[track_caller]
+    pub fn sql(&self, statement: &str) -> String {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=30)\nrow = c.execute(sys.argv[2]).fetchone()\nc.commit()\nprint('' if row is None else row[0])",
+            ])
+            .arg(self.database())
+            .arg(statement)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+        assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// The daemon's log so far.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
