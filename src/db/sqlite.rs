@@ -973,25 +973,8 @@ mod tests {
     async fn an_append_on_a_stale_head_writes_nothing() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(&format!("sqlite://{}/t.db", dir.path().display())).await?;
-        let ev = |name: &str| NewEvent {
-            actor: "alice".into(),
-            uid: 1000,
-            event: name.into(),
-            details: serde_json::json!({}),
-        };
-        let case = NewCase {
-            case_ref: "C-1".into(),
-            requester: "alice".into(),
-            department: None,
-            submitter: None,
-            report: crate::domain::verify::Report {
-                department: None,
-                problems: Vec::new(),
-                lines: Vec::new(),
-            },
-            files: Vec::new(),
-        };
-        let first = store.create_case(case, ev("opened")).await?;
+        let ev = event;
+        let first = store.create_case(empty_case("C-1"), ev("opened")).await?;
 
         // The head moved on (as if another writer had appended): record 2
         // on the old head would not collide, the compare-and-set refuses it.

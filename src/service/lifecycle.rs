@@ -235,6 +235,8 @@ impl Service {
         // A close and the expiry pass's retry must not both seal the same log.
         let _finishing = self.finishing.lock().await;
         self.withdraw(case_ref).await;
+        // A finished case takes no more receipts: its refusal count goes.
+        crate::sync::lock(&self.refusals_recorded).remove(case_ref);
         self.remove_staging(case_ref).await.map_err(|e| {
             refuse(
                 RefusalKind::Internal,

@@ -818,41 +818,37 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// `sha256sum` of a file of the mount, run as `uid`: an open and a full read.
+    pub fn sha256sum_as(&self, uid: u32, case_ref: &str, name: &str) -> Out {
+        let path = self.mnt.join(case_ref).join(name);
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg("sha256sum")
+            .arg("--")
+            .arg(&path)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_with_timeout(cmd, None, &format!("uid {uid}: sha256sum {}", path.display()))
+    }
+
     /// Reads every file of an exported case through the mount as `uid`, as a
-    /// pull does (a receipt is accepted only for files the department read).
+    /// pull does (a receipt is accepted only for files the department opened).
     #[track_caller]
     pub fn pull_as(&self, uid: u32, case_ref: &str) {
         for (name, sha, _, _) in self.case_files(case_ref) {
-            let path = self.mnt.join(case_ref).join(&name);
-            let mut cmd = Command::new("setpriv");
-            cmd.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={uid}"))
-                .arg("--clear-groups")
-                .arg("sha256sum")
-                .arg("--")
-                .arg(&path)
-                .current_dir(&self.root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let out = run_with_timeout(cmd, None, &format!("uid {uid}: sha256sum {}", path.display())).ok();
+            let out = self.sha256sum_as(uid, case_ref, &name).ok();
             let got = out.stdout.trim_start_matches('\\').get(..64).unwrap_or_default().to_string();
-            assert_eq!(got, sha, "{} read wrong bytes", path.display());
+            assert_eq!(got, sha, "{case_ref}/{name} read wrong bytes");
         }
     }
 
     /// Polls `f` every 100 ms until it is true or `timeout` passes.
-    pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if f() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_for(&self, timeout: Duration, f: impl FnMut() -> bool) -> bool {
+        wait_until(timeout, f)
     }
 }
 
@@ -976,4 +972,18 @@ id = "{BERT}"
 department = "{DEPT_B1}"
 {extra}"#
     )
+}
+
+/// Polls `f` every 100 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

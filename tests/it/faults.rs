@@ -95,19 +95,7 @@ fn export(env: &Env, case_ref: &str, descriptors: &[&str]) {
 
 /// `sha256sum` of a file of the mount, run as `uid`: an open and a full read.
 fn read_as(env: &Env, uid: u32, case_ref: &str, name: &str) -> Out {
-    let path = env.mnt.join(case_ref).join(name);
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg("sha256sum")
-        .arg("--")
-        .arg(&path)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    run_with_timeout(cmd, None, &format!("uid {uid}: sha256sum {}", path.display()))
+    env.sha256sum_as(uid, case_ref, name)
 }
 
 /// The sha256 a successful [`read_as`] printed.

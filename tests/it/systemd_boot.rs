@@ -218,19 +218,6 @@ impl Drop for System {
     }
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// What `scripts/install` installs from, copied (the binary hard-linked where
 /// it can be) so the booted system sees it whatever the checkout's path.
 fn share_checkout(share: &Path) {
