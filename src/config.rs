@@ -63,6 +63,8 @@ struct RawConfig {
     case_ttl: Option<String>,
     passthrough: Option<bool>,
     max_open_files_per_account: Option<i64>,
+    max_open_requests_per_user: Option<i64>,
+    four_eyes: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,11 @@ pub struct Config {
     pub passthrough: bool,
     /// Files one transfer account may hold open in the mount at once (default 1024).
     pub max_open_files_per_account: usize,
+    /// Self-service requests one directory user may have that are not yet
+    /// closed, rejected, cancelled or expired (default 5).
+    pub max_open_requests_per_user: usize,
+    /// The uid that opened a case may not approve it (default false).
+    pub four_eyes: bool,
 }
 
 impl Config {
@@ -141,6 +148,11 @@ impl Config {
             Some(n) if (1..=65_536).contains(&n) => n as usize,
             Some(n) => return Err(bad("max_open_files_per_account", format!("{n} is not between 1 and 65536"))),
         };
+        let max_open_requests_per_user = match raw.max_open_requests_per_user {
+            None => 5,
+            Some(n) if (1..=1_000).contains(&n) => n as usize,
+            Some(n) => return Err(bad("max_open_requests_per_user", format!("{n} is not between 1 and 1000"))),
+        };
         let case_ttl = match raw.case_ttl.as_deref() {
             None => Duration::from_secs(14 * 24 * 3600),
             Some(s) => {
@@ -182,6 +194,8 @@ impl Config {
             case_ttl,
             passthrough: raw.passthrough.unwrap_or(true),
             max_open_files_per_account,
+            max_open_requests_per_user,
+            four_eyes: raw.four_eyes.unwrap_or(false),
         })
     }
 
@@ -235,6 +249,18 @@ staff_group = "workcopy-staff"
         assert_eq!(c.case_ttl, Duration::from_secs(14 * 86400));
         assert_eq!(c.database_url, "sqlite:///var/lib/workcopy/workcopy.db");
         assert_eq!(c.staff_group, GroupSpec::Name("workcopy-staff".into()));
+        assert_eq!(c.max_open_requests_per_user, 5);
+        assert!(!c.four_eyes);
+    }
+
+    #[test]
+    fn self_service_limits_and_four_eyes() {
+        let c = parse("max_open_requests_per_user = 2\nfour_eyes = true\n").map_err(|e| e.to_string());
+        assert!(matches!(c, Ok(ref c) if c.max_open_requests_per_user == 2 && c.four_eyes), "{c:?}");
+        let m = message("max_open_requests_per_user = 0\n");
+        assert!(m.contains("max_open_requests_per_user"), "{m}");
+        let m = message("four_eyes = \"yes\"\n");
+        assert!(m.contains("four_eyes"), "{m}");
     }
 
     #[test]

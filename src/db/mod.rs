@@ -6,6 +6,7 @@ use crate::audit::{EventRecord, NewEvent};
 use crate::domain::access::{Coalescing, FileAccess};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
@@ -20,6 +21,9 @@ pub use crate::domain::catalog::ImportSummary;
 pub enum StoreError {
     #[error("case {0} already exists")]
     Exists(String),
+    /// [`Store::create_request`]: the requester has `open` live self-service cases, the most allowed.
+    #[error("{requester} has {open} open requests, the most allowed")]
+    TooManyRequests { requester: String, open: u64 },
     #[error("no case {0}")]
     NoCase(String),
     #[error("case {case_ref} is {actual}, no longer {expected}; try again")]
@@ -91,6 +95,19 @@ pub trait Store: Send + Sync + 'static {
     /// Catalog files whose `file_id`, `path` or base name equals `descriptor`,
     /// at most `limit`, ordered by `file_id`.
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    /// As [`resolve`](Store::resolve), among the files submitted by one of
+    /// `departments` only (none for an empty list).
+    async fn resolve_among(&self, descriptor: &str, departments: &[String], limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    /// Catalog files for a search, with their `sample_id`: every file for
+    /// which each condition of `query` holds (the name filter's `LIKE` as
+    /// the backend evaluates it; case-sensitive in both built-in backends'
+    /// configuration), in [`query.order()`](CatalogQuery::order), where
+    /// strings compare byte by byte; only those whose
+    /// [`SearchKey`] in that order is above `after`; at most `limit`.
+    /// Reads served by indexes: its cost follows the files it returns (and,
+    /// for a `LIKE` that starts with a wildcard, the files of the named
+    /// departments), not the catalog's size.
+    async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError>;
     /// The number of files in the catalog.
     async fn catalog_size(&self) -> Result<u64, StoreError>;
     /// When an import last added or changed a catalog file (RFC 3339), or
@@ -101,6 +118,16 @@ pub trait Store: Send + Sync + 'static {
     /// record (seq 1), atomically; [`StoreError::Exists`] when the reference
     /// is taken.
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// Registers a self-service request as [`create_case`](Store::create_case)
+    /// does, unless its requester already has `max_open` or more self-service
+    /// cases that are not closed, rejected, cancelled or expired:
+    /// [`StoreError::TooManyRequests`], nothing written. The count and the
+    /// insert are one transaction, serialised with every other registration
+    /// (so concurrent requests of one person never pass the limit together).
+    async fn create_request(&self, case: NewCase, event: NewEvent, max_open: u64) -> Result<EventRecord, StoreError>;
+    /// A requester's self-service cases (those registered with
+    /// `self_service` set), oldest first.
+    async fn list_requests(&self, requester: &str) -> Result<Vec<CaseRecord>, StoreError>;
     /// The case as last committed, or `None`.
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError>;
     /// The case's files in registration order (empty for an unknown case).

@@ -8,6 +8,8 @@ use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::directory::SelfService;
+use crate::domain::search::{CatalogQuery, FoundFile, NameField, SearchKey, SearchOrder};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -21,8 +23,12 @@ use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per multi-row INSERT (9 parameters each, well under SQLite's limit).
+/// Rows per multi-row INSERT (10 parameters each, well under SQLite's limit).
 const BATCH: usize = 1000;
+
+/// Rows `ANALYZE` samples per index: enough for the planner to tell a
+/// department (many files) from a sample or a name (a few).
+const ANALYSIS_LIMIT: u32 = 1000;
 
 /// How often an append starts over when the case's head moved under it.
 /// Under `BEGIN IMMEDIATE` the head cannot move; the limit only bounds a
@@ -130,6 +136,7 @@ fn is_locked(e: &sqlx::Error) -> bool {
 fn is_refusal(e: &StoreError) -> bool {
     match e {
         StoreError::Exists(_)
+        | StoreError::TooManyRequests { .. }
         | StoreError::NoCase(_)
         | StoreError::Conflict { .. }
         | StoreError::Busy(_)
@@ -176,11 +183,14 @@ impl SqliteStore {
 
     /// Opens (creating and migrating) the database at `url` with `connections`.
     pub async fn open_with(url: &str, connections: Connections) -> Result<SqliteStore, StoreError> {
+        // LIKE compares case-sensitively, as PostgreSQL's does: a search's
+        // candidates are then its matches, and a literal prefix can use an index.
         let base = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("case_sensitive_like", "ON");
         let writer = SqlitePoolOptions::new()
             .max_connections(connections.writers.max(1))
             .min_connections(1)
@@ -194,6 +204,15 @@ impl SqliteStore {
             )
             .await?;
         MIGRATOR.run(&writer).await?;
+        // A catalog migrated from before its search indexes existed has no
+        // statistics yet: without them the planner cannot tell a department
+        // (many files) from a sample (a few).
+        let analyzed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+            .fetch_one(&writer)
+            .await?;
+        if analyzed == 0 {
+            analyze_catalog(&writer).await;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(connections.readers.max(1))
             .idle_timeout(None)
@@ -201,6 +220,59 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         Ok(SqliteStore { writer, reader })
+    }
+
+    /// Registers a case; for a self-service request (`max_open` given), only
+    /// while its requester has fewer live self-service cases.
+    async fn create(&self, case: NewCase, event: NewEvent, max_open: Option<u64>) -> Result<EventRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = async {
+            if let Some(max) = max_open {
+                let open: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM cases WHERE requester = $1 AND self_service IS NOT NULL AND state IN {LIVE}"
+                ))
+                .bind(&case.requester)
+                .fetch_one(&mut *tx)
+                .await?;
+                if open.max(0) as u64 >= max {
+                    return Err(StoreError::TooManyRequests {
+                        requester: case.requester,
+                        open: open as u64,
+                    });
+                }
+            }
+            Self::try_create_case(&mut tx, case, event).await
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    /// One query of [`Store::search_catalog`]: `department` narrows it to
+    /// one department (else the query's departments are not asked).
+    async fn search_once(
+        &self,
+        q: &CatalogQuery,
+        department: Option<&str>,
+        after: Option<&SearchKey>,
+        limit: u32,
+    ) -> Result<Vec<FoundFile>, StoreError> {
+        let (sql, args) = search_sql(q, department, after, limit);
+        let mut query = sqlx::query(&sql);
+        for a in args {
+            query = match a {
+                Arg::Text(t) => query.bind(t),
+                Arg::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FoundFile {
+                    file: catalog_file(r)?,
+                    sample_id: r.try_get("sample_id")?,
+                })
+            })
+            .collect()
     }
 
     /// A write transaction holding the database's write lock from its start.
@@ -446,8 +518,8 @@ impl SqliteStore {
     async fn try_create_case(tx: &mut Tx, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let inserted = sqlx::query(
-            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
-             VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash, \
+             opened_uid, self_service) VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
         )
         .bind(&case.case_ref)
         .bind(&case.requester)
@@ -458,6 +530,8 @@ impl SqliteStore {
         .bind(audit::now_rfc3339())
         .bind(crate::unix::now_secs())
         .bind(GENESIS)
+        .bind(case.opened_uid as i64)
+        .bind(case.self_service.map(|p| p.as_str()))
         .execute(&mut **tx)
         .await;
         match inserted {
@@ -489,7 +563,8 @@ impl SqliteStore {
     async fn try_import(tx: &mut Tx, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
-             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
+             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL, \
+             sample_id TEXT)",
         )
         .execute(&mut **tx)
         .await?;
@@ -520,7 +595,8 @@ impl SqliteStore {
                     .bind(f.size as i64)
                     .bind(f.sha256)
                     .bind(f.submitted_ns)
-                    .bind(f.extra);
+                    .bind(f.extra)
+                    .bind(r.sample_id);
             }
             q.execute(&mut **tx).await?;
         }
@@ -553,10 +629,11 @@ impl SqliteStore {
         let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
         let now = audit::now_rfc3339();
         sqlx::query(
-            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
-             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, $1 FROM import_rows WHERE true \
+            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, imported_at) \
+             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, $1 FROM import_rows WHERE true \
              ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, base_name = excluded.base_name, department = excluded.department, \
-             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, imported_at = excluded.imported_at \
+             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, \
+             sample_id = excluded.sample_id, imported_at = excluded.imported_at \
              WHERE catalog.path <> excluded.path OR catalog.department <> excluded.department OR catalog.size <> excluded.size \
              OR catalog.sha256 <> excluded.sha256 OR catalog.submitted_ns <> excluded.submitted_ns OR catalog.extra <> excluded.extra",
         )
@@ -610,6 +687,12 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
     let state = CaseState::parse(&state).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown state {state:?}")))?;
     let report: String = row.try_get("report")?;
     let report = serde_json::from_str(&report).map_err(|e| StoreError::Corrupt(case_ref.clone(), format!("report: {e}")))?;
+    let self_service = match row.try_get::<Option<String>, _>("self_service")? {
+        None => None,
+        Some(p) => {
+            Some(SelfService::parse(&p).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown self_service {p:?}")))?)
+        }
+    };
     Ok(CaseRecord {
         state,
         requester: row.try_get("requester")?,
@@ -621,6 +704,8 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
         state_since: row.try_get("state_since")?,
         event_count: row.try_get::<i64, _>("event_count")? as u64,
         head_hash: row.try_get("head_hash")?,
+        opened_uid: row.try_get::<Option<i64>, _>("opened_uid")?.map(|u| u as u32),
+        self_service,
         case_ref,
     })
 }
@@ -677,6 +762,9 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let result = Self::try_import(&mut tx, rows).await;
         let summary = finish(tx, result).await?;
+        if summary.added + summary.updated > 0 {
+            analyze_catalog(&self.writer).await;
+        }
         // A large import leaves a write-ahead log as large as the database: give the space back.
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
             tracing::debug!(error = %e, "WAL checkpoint after import failed");
@@ -696,6 +784,58 @@ impl Store for SqliteStore {
         rows.iter().map(catalog_file).collect()
     }
 
+    async fn resolve_among(&self, descriptor: &str, departments: &[String], limit: u32) -> Result<Vec<CatalogFile>, StoreError> {
+        if departments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (0..departments.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra FROM catalog \
+             WHERE (file_id = $1 OR path = $1 OR base_name = $1) AND department IN ({}) ORDER BY file_id LIMIT $2",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(descriptor).bind(limit as i64);
+        for d in departments {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(catalog_file).collect()
+    }
+
+    async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError> {
+        let order = query.order();
+        match &query.departments {
+            Some(list) if list.is_empty() => Ok(Vec::new()),
+            // Few files share a sample: its index finds them; the departments are checked here.
+            Some(list) if query.sample_id.is_some() => {
+                let wanted: std::collections::HashSet<&str> = list.iter().map(String::as_str).collect();
+                let mut found = Vec::new();
+                let mut from = after.cloned();
+                loop {
+                    let page = self.search_once(query, None, from.as_ref(), limit).await?;
+                    let full = page.len() == limit as usize;
+                    from = page.last().map(|f| SearchKey::of(order, &f.file));
+                    found.extend(page.into_iter().filter(|f| wanted.contains(f.file.department.as_str())));
+                    if found.len() >= limit as usize || !full {
+                        found.truncate(limit as usize);
+                        return Ok(found);
+                    }
+                }
+            }
+            // One department at a time, each in order from its own index, merged.
+            Some(list) => {
+                let mut found = Vec::new();
+                for d in list {
+                    found.extend(self.search_once(query, Some(d), after, limit).await?);
+                }
+                found.sort_by_cached_key(|f| SearchKey::of(order, &f.file));
+                found.truncate(limit as usize);
+                Ok(found)
+            }
+            None => self.search_once(query, None, after, limit).await,
+        }
+    }
+
     async fn catalog_size(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
             .fetch_one(&self.reader)
@@ -709,9 +849,19 @@ impl Store for SqliteStore {
     }
 
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let result = Self::try_create_case(&mut tx, case, event).await;
-        finish(tx, result).await
+        self.create(case, event, None).await
+    }
+
+    async fn create_request(&self, case: NewCase, event: NewEvent, max_open: u64) -> Result<EventRecord, StoreError> {
+        self.create(case, event, Some(max_open)).await
+    }
+
+    async fn list_requests(&self, requester: &str) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL ORDER BY created_at, ref")
+            .bind(requester)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(case_record).collect()
     }
 
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
@@ -873,16 +1023,17 @@ impl Store for SqliteStore {
 }
 
 fn insert_sql(n: usize) -> String {
-    let mut s =
-        String::from("INSERT INTO import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra) VALUES ");
+    let mut s = String::from(
+        "INSERT INTO import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id) VALUES ",
+    );
     for i in 0..n {
         if i > 0 {
             s.push(',');
         }
-        let p = 9 * i;
+        let p = 10 * i;
         let _ = write!(
             s,
-            "(${},${},${},${},${},${},${},${},${})",
+            "(${},${},${},${},${},${},${},${},${},${})",
             p + 1,
             p + 2,
             p + 3,
@@ -891,10 +1042,96 @@ fn insert_sql(n: usize) -> String {
             p + 6,
             p + 7,
             p + 8,
-            p + 9
+            p + 9,
+            p + 10
         );
     }
     s
+}
+
+/// Refreshes the planner's statistics of the catalog (sampled, so quick at
+/// any size). A failure only costs query plans, so it is logged, not returned.
+async fn analyze_catalog(pool: &SqlitePool) {
+    let analyzed = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::query(&format!("PRAGMA analysis_limit = {ANALYSIS_LIMIT}"))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("ANALYZE catalog").execute(&mut *conn).await?;
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(e) = analyzed.await {
+        tracing::warn!(error = %e, "cannot refresh the catalog's statistics; searches may be slower");
+    }
+}
+
+/// A value bound to a search query.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The SQL of one search query and its arguments, in placeholder order:
+/// portable (equality, ranges, `LIKE … ESCAPE`, row-value comparison), each
+/// shape served by an index in the order it returns.
+fn search_sql(q: &CatalogQuery, department: Option<&str>, after: Option<&SearchKey>, limit: u32) -> (String, Vec<Arg>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut arg = |a: Arg| {
+        args.push(a);
+        format!("${}", args.len())
+    };
+    if let Some(d) = department {
+        conds.push(format!("department = {}", arg(Arg::Text(d.to_string()))));
+    }
+    if let Some(s) = &q.sample_id {
+        conds.push(format!("sample_id = {}", arg(Arg::Text(s.clone()))));
+    }
+    if let Some(ns) = q.since_ns {
+        conds.push(format!("submitted_ns >= {}", arg(Arg::Int(ns))));
+    }
+    if let Some(n) = &q.name {
+        let col = match n.field {
+            NameField::BaseName => "base_name",
+            NameField::Path => "path",
+        };
+        if !n.from.is_empty() {
+            conds.push(format!("{col} >= {}", arg(Arg::Text(n.from.clone()))));
+        }
+        if let Some(b) = &n.below {
+            conds.push(format!("{col} < {}", arg(Arg::Text(b.clone()))));
+        }
+        conds.push(format!("{col} LIKE {} ESCAPE '\\'", arg(Arg::Text(n.like.clone()))));
+    }
+    match after {
+        None => {}
+        Some(SearchKey::BaseName(b, id)) => {
+            let (b, id) = (arg(Arg::Text(b.clone())), arg(Arg::Text(id.clone())));
+            conds.push(format!("(base_name, file_id) > ({b}, {id})"));
+        }
+        Some(SearchKey::Path(p)) => conds.push(format!("path > {}", arg(Arg::Text(p.clone())))),
+        Some(SearchKey::Submitted(ns, id)) => {
+            let (ns, id) = (arg(Arg::Int(*ns)), arg(Arg::Text(id.clone())));
+            conds.push(format!("(submitted_ns, file_id) > ({ns}, {id})"));
+        }
+    }
+    let order = match q.order() {
+        SearchOrder::BaseName => "base_name, file_id",
+        SearchOrder::Path => "path",
+        SearchOrder::Submitted => "submitted_ns, file_id",
+    };
+    let limit = arg(Arg::Int(limit as i64));
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {} ", conds.join(" AND "))
+    };
+    (
+        format!(
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra, sample_id FROM catalog {filter}ORDER BY {order} LIMIT {limit}"
+        ),
+        args,
+    )
 }
 
 #[cfg(test)]
@@ -916,6 +1153,7 @@ mod tests {
                 submitted_ns: 0,
                 extra: String::new(),
             },
+            sample_id: None,
         }
     }
 
@@ -1021,6 +1259,8 @@ mod tests {
                 lines: Vec::new(),
             },
             files: Vec::new(),
+            opened_uid: 1000,
+            self_service: None,
         }
     }
 

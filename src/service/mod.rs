@@ -15,6 +15,7 @@ mod jobs;
 mod lifecycle;
 mod recovery;
 mod request;
+mod selfservice;
 
 pub use access_log::StoreAccessLog;
 pub use jobs::StagingJob;
