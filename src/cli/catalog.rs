@@ -34,7 +34,7 @@ pub(super) fn show(cli: &Cli, descriptor: &str, json: bool) -> Result<(), Failur
 pub(super) fn search(cli: &Cli, pattern: Option<String>, sample: Option<String>, since: Option<String>, json: bool) -> Result<(), Failure> {
     let (files, more) = call(cli, &Request::CatalogSearch { pattern, sample, since }, reply::found)?;
     if json {
-        print(|o| render::json(o, &serde_json::json!({"files": files, "more": more})))
+        print(|o| render::search_json(o, &files, more))
     } else {
         print(|o| render::search_hits(o, &files))?;
         if more {

@@ -286,6 +286,17 @@ pub(super) fn search_hits(o: &mut impl Write, files: &[SearchHit]) -> io::Result
     table(o, &["FILE_ID", "SAMPLE", "DEPARTMENT", "SIZE", "SUBMITTED", "PATH"], &rows)
 }
 
+/// `catalog search --json`: `{"files": […], "more": bool}`.
+pub(super) fn search_json(o: &mut impl Write, files: &[SearchHit], more: bool) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Found<'a> {
+        files: &'a [SearchHit],
+        /// More files matched than `files` holds.
+        more: bool,
+    }
+    json(o, &Found { files, more })
+}
+
 /// After a search that matched more files than it shows: on standard error.
 pub(super) fn more_matched(shown: usize) {
     let _ = writeln!(
