@@ -19,6 +19,7 @@ mod selfservice;
 
 pub use access_log::StoreAccessLog;
 pub use jobs::StagingJob;
+pub use selfservice::find as find_files;
 
 use crate::audit::Actor;
 use crate::config::Config;

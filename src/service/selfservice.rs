@@ -100,7 +100,7 @@ fn group_of(dir: &Directory, department: &str) -> Vec<String> {
 /// more matched. Reads the store's candidates a page at a time and stops at
 /// the first file past the limit, or after [`SEARCH_EXAMINED`] candidates
 /// (then it says more may match).
-pub(super) async fn find(store: &dyn Store, query: &CatalogQuery, glob: Option<&Glob>) -> Result<(Vec<FoundFile>, bool), StoreError> {
+pub async fn find(store: &dyn Store, query: &CatalogQuery, glob: Option<&Glob>) -> Result<(Vec<FoundFile>, bool), StoreError> {
     let order = query.order();
     let mut found = Vec::new();
     let mut after: Option<SearchKey> = None;
