@@ -121,7 +121,7 @@ pub async fn open_service(cfg: Config, setup: Setup) -> anyhow::Result<Arc<Servi
     let Setup { directory, staff_gid } = setup;
     // A store error's text already names its cause, which it also keeps as its
     // source: one message, so the cause is not printed twice.
-    let store = crate::db::open(&cfg.database_url)
+    let store = crate::db::open(&cfg.database_url, cfg.database_password_file.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", crate::config::redact_url(&cfg.database_url)))?;
     Ok(Service::new(cfg, store, directory, staff_gid)?)

@@ -10,6 +10,9 @@ use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
 pub mod conformance;
+#[cfg(test)]
+pub mod pg_test_server;
+pub mod postgres;
 pub mod sqlite;
 
 pub use crate::domain::case::{CaseRecord, NewCase};
@@ -166,13 +169,16 @@ pub enum Recorded {
     Counted,
 }
 
-/// Opens the store named by a database URL, creating and migrating it.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// Opens the store named by a database URL (`sqlite:…` or `postgres://…`),
+/// creating and migrating it. `password_file` holds a PostgreSQL password.
+pub async fn open(url: &str, password_file: Option<&std::path::Path>) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url, password_file).await?))
     } else {
         Err(StoreError::Unsupported(format!(
-            "{}: only SQLite is built into this version; PostgreSQL support is planned behind the same store interface",
+            "{}: not a database URL this version knows (sqlite://PATH or postgres://…)",
             crate::config::redact_url(url)
         )))
     }
