@@ -5,11 +5,13 @@
 //! arrive with `COPY` and lock the catalog against concurrent imports and
 //! new cases, so the check that a live case's files do not change holds.
 
+use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record};
 use super::{CaseRecord, ImportSummary, NewCase, Recorded, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::hosts::{HostBeat, HostRecord, Serving};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -32,6 +34,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: PgPool,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The connection options of `url`, with the password from `password_file`
@@ -166,7 +169,9 @@ impl PgStore {
             .connect_with(connect_options(url, password_file)?)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        let changes = tokio::sync::watch::Sender::new(0);
+        tokio::spawn(listen(pool.clone(), changes.clone()));
+        Ok(PgStore { pool, changes })
     }
 
     /// The pool, for the host register and notifications beside the store.
@@ -248,6 +253,7 @@ impl PgStore {
         case_ref: &str,
         from: CaseState,
         to: CaseState,
+        host: Option<&str>,
         event: NewEvent,
     ) -> Result<EventRecord, StoreError> {
         let (state, count, head) = Self::head(tx, case_ref).await?;
@@ -259,16 +265,19 @@ impl PgStore {
             });
         }
         let (count, head) = Self::fold_case(tx, case_ref, count, head, None).await?;
-        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
-            .bind(to.as_str())
-            .bind(crate::unix::now_secs())
-            .bind(case_ref)
-            .bind(from.as_str())
-            .execute(&mut **tx)
-            .await?;
+        let moved =
+            sqlx::query("UPDATE cases SET state = $1, state_since = $2, host = COALESCE($5::text, host) WHERE ref = $3 AND state = $4")
+                .bind(to.as_str())
+                .bind(crate::unix::now_secs())
+                .bind(case_ref)
+                .bind(from.as_str())
+                .bind(host)
+                .execute(&mut **tx)
+                .await?;
         if moved.rows_affected() != 1 {
             return Err(StoreError::Busy(case_ref.to_string()));
         }
+        notify_change(tx, case_ref).await?;
         Self::push_event(tx, case_ref, count, &head, event).await
     }
 
@@ -282,6 +291,18 @@ impl PgStore {
             });
         }
         Self::push_event(tx, case_ref, count, &head, event).await
+    }
+
+    /// One attempt at a move to `host`, inside `tx`.
+    async fn try_move(tx: &mut Tx, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let rec = Self::try_append_in(tx, case_ref, states, event).await?;
+        sqlx::query("UPDATE cases SET host = $1 WHERE ref = $2")
+            .bind(host)
+            .bind(case_ref)
+            .execute(&mut **tx)
+            .await?;
+        notify_change(tx, case_ref).await?;
+        Ok(rec)
     }
 
     /// Folds the case's counted accesses into its log (see the SQLite store).
@@ -602,6 +623,7 @@ fn case_record(row: &PgRow) -> Result<CaseRecord, StoreError> {
         state_since: row.try_get("state_since")?,
         event_count: row.try_get::<i64, _>("event_count")? as u64,
         head_hash: row.try_get("head_hash")?,
+        host: row.try_get("host")?,
         case_ref,
     })
 }
@@ -747,13 +769,16 @@ impl Store for PgStore {
     }
 
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError> {
-        retrying!(self, case_ref, |tx| Self::try_transition(
+        let rec = retrying!(self, case_ref, |tx| Self::try_transition(
             &mut tx,
             case_ref,
             from,
             to,
+            None,
             event.clone()
-        ))
+        ))?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(rec)
     }
 
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
@@ -838,6 +863,163 @@ impl Store for PgStore {
             .iter()
             .map(|s| (*s, map.get(s.as_str()).copied().unwrap_or(0)))
             .collect())
+    }
+
+    async fn transition_to_host(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: &str,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let rec = retrying!(self, case_ref, |tx| Self::try_transition(
+            &mut tx,
+            case_ref,
+            from,
+            to,
+            Some(host),
+            event.clone()
+        ))?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(rec)
+    }
+
+    async fn move_case(&self, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let rec = retrying!(self, case_ref, |tx| Self::try_move(&mut tx, case_ref, states, host, event.clone()))?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(rec)
+    }
+
+    async fn report_serving(&self, s: &Serving) -> Result<(), StoreError> {
+        sqlx::query(SERVING_UPSERT)
+            .bind(&s.case_ref)
+            .bind(&s.host)
+            .bind(s.published as i64)
+            .bind(s.done.min(i64::MAX as u64) as i64)
+            .bind(s.total.min(i64::MAX as u64) as i64)
+            .bind(s.updated_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn serving(&self, case_ref: &str) -> Result<Option<Serving>, StoreError> {
+        let row = sqlx::query("SELECT * FROM serving WHERE case_ref = $1")
+            .bind(case_ref)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(serving_record).transpose()
+    }
+
+    async fn heartbeat(&self, b: &HostBeat) -> Result<(), StoreError> {
+        sqlx::query(HEARTBEAT_UPSERT)
+            .bind(&b.name)
+            .bind(&b.version)
+            .bind(&b.mode)
+            .bind(&b.read_path)
+            .bind(&b.directory_sha256)
+            .bind(&b.started_at)
+            .bind(b.at)
+            .bind(b.every_secs)
+            .bind(b.cases_served.min(i64::MAX as u64) as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(host_record).collect()
+    }
+
+    async fn retire_host(&self, name: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = Tx::begin(&self.pool).await?;
+        let result = async {
+            let found = sqlx::query(RETIRE)
+                .bind(name)
+                .bind(audit::now_rfc3339())
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
+            Ok(found)
+        }
+        .await;
+        let found = finish(tx, "", result).await?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(found)
+    }
+
+    fn case_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+impl super::sqlite::HostRow for PgRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// The channel every host listens on: a case's state or serving host changed.
+const CHANNEL: &str = "workcopy_cases";
+
+/// Tells the other hosts, when `tx` commits, that the case changed.
+async fn notify_change(tx: &mut Tx, case_ref: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(case_ref)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Moves `changes` forward on every notification from another host, and
+/// after the listening connection was lost (notifications sent meanwhile
+/// are gone: whoever watches looks again). Reconnects by itself.
+async fn listen(pool: PgPool, changes: tokio::sync::watch::Sender<u64>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for changes yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::debug!(error = %e, "LISTEN failed");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        delay = Duration::from_millis(200);
+        changes.send_modify(|n| *n += 1);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => changes.send_modify(|n| *n += 1),
+                // The connection was lost; the next call reconnects.
+                Ok(None) => changes.send_modify(|n| *n += 1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for changes failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        if changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 
