@@ -230,6 +230,9 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(svc.clone().fold_counted_accesses());
+    // The first heartbeat before anything else asks who the hosts are.
+    tokio::spawn(svc.clone().run_heartbeat());
+    tokio::spawn(svc.clone().run_reconciler());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -49,7 +49,8 @@ macro_rules! conformance_tests {
             the_serving_host_is_set_at_approval_and_by_a_move,
             serving_reports_replace_the_last,
             heartbeats_register_hosts_and_retirement_sticks,
-            concurrent_moves_of_one_case_are_serialised
+            concurrent_moves_of_one_case_are_serialised,
+            unsealed_cases_are_the_ended_ones_without_a_seal
         );
     };
     (@each $open:path; $($check:ident),*) => {
@@ -966,5 +967,24 @@ pub async fn concurrent_moves_of_one_case_are_serialised(store: Arc<dyn Store>) 
         "the last move wins: {case:?} {last:?}"
     );
     ensure!(verified_log(&store, "C-1").await?.len() == 11, "one record per move");
+    Ok(())
+}
+
+pub async fn unsealed_cases_are_the_ended_ones_without_a_seal(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    open_case(&store, "C-2", DEPT).await?;
+    open_case(&store, "C-3", DEPT).await?;
+    ensure!(store.unsealed_cases().await?.is_empty(), "nothing ended yet");
+    store
+        .transition("C-1", CaseState::Exported, CaseState::Closed, event("closed", 3))
+        .await?;
+    store
+        .transition("C-2", CaseState::Open, CaseState::Rejected, event("rejected", 1))
+        .await?;
+    ensure!(store.unsealed_cases().await? == ["C-1", "C-2"], "both ended unsealed");
+    store
+        .append_in("C-1", &CaseState::TERMINAL, event(EventKind::Sealed.as_str(), 4))
+        .await?;
+    ensure!(store.unsealed_cases().await? == ["C-2"], "C-1 is sealed");
     Ok(())
 }

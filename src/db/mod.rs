@@ -175,6 +175,9 @@ pub trait Store: Send + Sync + 'static {
     /// first of `states`) otherwise. Two moves of one case are serialised
     /// like any append: the later one sees the earlier one's host.
     async fn move_case(&self, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// The cases in a terminal state whose last record is not the seal
+    /// (their cleanup has not finished), by reference.
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError>;
     /// Records what a case's serving host reports of it, replacing its last report.
     async fn report_serving(&self, serving: &Serving) -> Result<(), StoreError>;
     /// The serving host's last report of a case, if any.

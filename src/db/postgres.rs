@@ -5,7 +5,7 @@
 //! arrive with `COPY` and lock the catalog against concurrent imports and
 //! new cases, so the check that a live case's files do not change holds.
 
-use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record};
+use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record, unsealed_sql};
 use super::{CaseRecord, ImportSummary, NewCase, Recorded, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
@@ -889,6 +889,10 @@ impl Store for PgStore {
         let rec = retrying!(self, case_ref, |tx| Self::try_move(&mut tx, case_ref, states, host, event.clone()))?;
         self.changes.send_modify(|n| *n += 1);
         Ok(rec)
+    }
+
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&unsealed_sql()).fetch_all(&self.pool).await?)
     }
 
     async fn report_serving(&self, s: &Serving) -> Result<(), StoreError> {

@@ -937,6 +937,10 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&unsealed_sql()).fetch_all(&self.reader).await?)
+    }
+
     async fn report_serving(&self, s: &Serving) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let result = sqlx::query(SERVING_UPSERT)
@@ -1006,6 +1010,15 @@ impl Store for SqliteStore {
 }
 
 /// Statements the host register shares between backends.
+pub(super) fn unsealed_sql() -> String {
+    let terminal: Vec<String> = CaseState::TERMINAL.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!(
+        "SELECT c.ref FROM cases c JOIN case_events e ON e.case_ref = c.ref AND e.seq = c.event_count \
+         WHERE c.state IN ({}) AND e.event <> '{}' ORDER BY c.ref",
+        terminal.join(", "),
+        EventKind::Sealed.as_str()
+    )
+}
 pub(super) const SERVING_UPSERT: &str = "INSERT INTO serving (case_ref, host, published, done, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (case_ref) DO UPDATE SET host = excluded.host, published = excluded.published, done = excluded.done, \
      total = excluded.total, updated_at = excluded.updated_at";

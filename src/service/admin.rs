@@ -50,15 +50,35 @@ impl Service {
     pub(super) async fn status(&self) -> Response {
         let read_path = *crate::sync::read(&self.read_path);
         let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
+        // The register's figures, if the database answers: status must
+        // answer without it, and say so.
+        let register = async {
+            Ok::<_, crate::db::StoreError>((
+                self.store.catalog_size().await?,
+                self.store.catalog_changed_at().await?,
+                self.store.count_by_state().await?,
+            ))
+        }
+        .await;
+        let (catalog_files, catalog_changed_at, cases) = match register {
+            Ok(r) => {
+                self.database_answered();
+                r
+            }
+            Err(e) => {
+                self.database_failed(&e.to_string());
+                (0, None, Vec::new())
+            }
+        };
         Ok(Reply::Status(StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: self.cfg.mode,
             mount_point: self.cfg.mount_point.display().to_string(),
             mounted,
             read_path,
-            catalog_files: self.store.catalog_size().await?,
-            catalog_changed_at: self.store.catalog_changed_at().await?,
-            cases: self.store.count_by_state().await?,
+            catalog_files,
+            catalog_changed_at,
+            cases,
             directory_departments: self.directory().departments.len(),
             bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
             pulls_in_progress: self.stats.open_files.load(Ordering::Relaxed),
@@ -70,6 +90,9 @@ impl Service {
             })
             .await
             .unwrap_or(0),
+            host: self.cfg.host.clone(),
+            shared_register: self.cfg.shared_register(),
+            database_unreachable: self.unreachable(),
         }))
     }
 
