@@ -161,6 +161,8 @@ impl Service {
                         report.failures.push(failure);
                     }
                 }
+                // On a shared register the host that sealed the case keeps its file.
+                None if c.state.is_terminal() && self.sealed_elsewhere(&c.case_ref, count).await => {}
                 None if c.state.is_terminal() => report.failures.push(format!(
                     "case {}: the sealed log {} is missing",
                     c.case_ref,
@@ -170,6 +172,20 @@ impl Service {
             }
         }
         Ok(Reply::Audit(report))
+    }
+
+    /// Whether the case's seal says another host of a shared register sealed
+    /// it (and so holds its sealed log file).
+    async fn sealed_elsewhere(&self, case_ref: &str, count: u64) -> bool {
+        if !self.cfg.shared_register() {
+            return false;
+        }
+        match self.last_record(case_ref, count).await {
+            Ok(Some(e)) if e.kind() == Some(crate::audit::EventKind::Sealed) => {
+                e.details.get("host").and_then(|h| h.as_str()).is_some_and(|h| h != self.cfg.host)
+            }
+            _ => false,
+        }
     }
 
     pub async fn status_line(&self) -> String {

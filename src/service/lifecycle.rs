@@ -279,6 +279,10 @@ impl Service {
         if last.as_ref().and_then(|e| e.kind()) != Some(EventKind::Sealed) {
             let head = last.map(|e| e.hash).unwrap_or_default();
             let mut seal = json!({"records": case.event_count, "head": head, "staging_deleted": true});
+            if self.cfg.shared_register() {
+                // The host that keeps the sealed log file.
+                seal["host"] = json!(self.cfg.host);
+            }
             if let Some(retired) = self.retired_host_of(&case).await {
                 // Finished here because its serving host is gone for good:
                 // that host's staging was not deleted by anyone.
