@@ -469,8 +469,10 @@ impl PgStore {
         sqlx::query("LOCK TABLE catalog IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut **tx)
             .await?;
+        // The joins below compare whole catalogs: hash them in memory.
+        sqlx::query("SET LOCAL work_mem = '256MB'").execute(&mut **tx).await?;
         sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS import_rows (line BIGINT NOT NULL, file_id TEXT COLLATE \"C\" PRIMARY KEY NOT NULL, \
+            "CREATE TEMP TABLE IF NOT EXISTS import_rows (line BIGINT NOT NULL, file_id TEXT COLLATE \"C\" NOT NULL, \
              path TEXT COLLATE \"C\" NOT NULL, base_name TEXT COLLATE \"C\" NOT NULL, department TEXT COLLATE \"C\" NOT NULL, \
              size BIGINT NOT NULL, sha256 TEXT COLLATE \"C\" NOT NULL, submitted_ns BIGINT NOT NULL, extra TEXT COLLATE \"C\" NOT NULL) \
              ON COMMIT DELETE ROWS",
@@ -493,6 +495,10 @@ impl PgStore {
             copy.send(buf).await?;
         }
         copy.finish().await?;
+        // A temporary table has no statistics until asked: without them the
+        // planner would join a million rows by nested loops. (The parser
+        // refuses a file_id twice, so the table needs no key.)
+        sqlx::query("ANALYZE import_rows").execute(&mut **tx).await?;
         const CHANGED: &str = "(k.path <> i.path OR k.department <> i.department OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)";
         let mut errors = RowErrors::default();
         let held = sqlx::query(&format!(

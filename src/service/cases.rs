@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 pub(super) fn redact(case: &mut CaseRecord) {
     case.report.lines.clear();
     case.report.problems.clear();
+    case.host = None;
 }
 
 /// Refused receipts recorded per case (and daemon run); more are answered but not logged.

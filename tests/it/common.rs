@@ -524,9 +524,8 @@ impl Env {
         if let Some(u) = &self.opts.database_url {
             s.push_str(&format!("database_url = {}\n", toml_str(u)));
         }
-        if let Some(h) = &self.opts.host {
-            s.push_str(&format!("host = {}\n", toml_str(h)));
-        }
+        // A fixed name, so output does not depend on the machine's hostname.
+        s.push_str(&format!("host = {}\n", toml_str(self.opts.host.as_deref().unwrap_or("test-host"))));
         s.push_str(&self.opts.extra_config);
         s
     }
