@@ -24,7 +24,8 @@ impl Service {
         let now = crate::unix::now_secs();
         let mut n = 0;
         for c in self.store.list_cases(Some(CaseState::Exported), None).await? {
-            if c.state_since.saturating_add(ttl) >= now {
+            // The serving host expires its cases (any host, once it is retired).
+            if c.state_since.saturating_add(ttl) >= now || !self.may_finish(&c).await {
                 continue;
             }
             let details =
@@ -55,7 +56,9 @@ impl Service {
                 Ok(last) => last.and_then(|e| e.kind()) == Some(EventKind::Sealed),
                 Err(_) => continue,
             };
-            if !sealed || !sealed_file.exists() {
+            // On a shared register the sealed file is written by the host that finished the case.
+            let missing_file = !sealed_file.exists() && !self.cfg.shared_register();
+            if (!sealed || missing_file) && self.may_finish(c).await {
                 info!(case = %c.case_ref, "finishing an interrupted close");
                 if let Err(e) = self.finish(&c.case_ref).await {
                     warn!(case = %c.case_ref, error = %e, "could not finish the case");
@@ -79,6 +82,11 @@ impl Service {
                     continue;
                 }
             };
+            if !self.serves(c) {
+                // Another host serves it; what this host still has of it
+                // (it moved away while this host was down) goes below.
+                continue;
+            }
             match c.state {
                 CaseState::Approved => {
                     info!(case = %c.case_ref, "restarting interrupted staging");
@@ -133,9 +141,9 @@ impl Service {
                 self.stage_files(case_ref, files, &job).await
             }
         };
-        crate::sync::lock(&self.jobs).remove(case_ref);
         let _visibility = self.visibility.lock().await;
-        let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
+        crate::sync::lock(&self.jobs).remove(case_ref);
+        let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible() && self.serves(&c));
         if !still_visible {
             // Closed meanwhile: what this job wrote must not stay behind.
             let _ = self.remove_staging(case_ref).await;
@@ -155,7 +163,7 @@ impl Service {
     pub(super) async fn remove_orphan_staging(&self, cases: &[CaseRecord]) {
         let live: std::collections::HashSet<&str> = cases
             .iter()
-            .filter(|c| matches!(c.state, CaseState::Approved) || c.state.is_visible())
+            .filter(|c| (matches!(c.state, CaseState::Approved) || c.state.is_visible()) && self.serves(c))
             .map(|c| c.case_ref.as_str())
             .collect();
         let Ok(entries) = std::fs::read_dir(self.cfg.staging_dir()) else {

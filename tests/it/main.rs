@@ -16,7 +16,10 @@ mod abuse;
 mod cli_pipe;
 mod common;
 mod faults;
+mod hosts;
 mod mount;
+#[path = "../../src/db/pg_test_server.rs"]
+mod pg;
 mod regional;
 mod register;
 mod snapshot;
