@@ -52,13 +52,18 @@ impl Service {
         };
         for c in cases.iter().filter(|c| c.state.is_terminal()) {
             let sealed_file = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
-            let sealed = match self.last_record(&c.case_ref, c.event_count).await {
-                Ok(last) => last.and_then(|e| e.kind()) == Some(EventKind::Sealed),
-                Err(_) => continue,
+            let Ok(last) = self.last_record(&c.case_ref, c.event_count).await else {
+                continue;
             };
-            // On a shared register the sealed file is written by the host that finished the case.
-            let missing_file = !sealed_file.exists() && !self.cfg.shared_register();
-            if (!sealed || missing_file) && self.may_finish(c).await {
+            let sealed = last.as_ref().and_then(|e| e.kind()) == Some(EventKind::Sealed);
+            // On a shared register the host that sealed the case keeps (and rewrites) its file.
+            let sealed_here = last
+                .as_ref()
+                .and_then(|e| e.details.get("host"))
+                .and_then(|h| h.as_str())
+                .is_none_or(|h| h == self.cfg.host);
+            let missing_file = sealed && sealed_here && !sealed_file.exists();
+            if (!sealed && self.may_finish(c).await) || missing_file {
                 info!(case = %c.case_ref, "finishing an interrupted close");
                 if let Err(e) = self.finish(&c.case_ref).await {
                     warn!(case = %c.case_ref, error = %e, "could not finish the case");
