@@ -57,10 +57,12 @@ pub enum EventKind {
     Hidden,
     /// The last record of a finished case.
     Sealed,
+    /// Another host serves the case from now on (`case move`).
+    Moved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Opened,
         EventKind::Approved,
         EventKind::Exported,
@@ -75,6 +77,7 @@ impl EventKind {
         EventKind::ReceiptRefused,
         EventKind::Hidden,
         EventKind::Sealed,
+        EventKind::Moved,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl EventKind {
             EventKind::ReceiptRefused => "receipt_refused",
             EventKind::Hidden => "hidden",
             EventKind::Sealed => "sealed",
+            EventKind::Moved => "moved",
         }
     }
 

@@ -65,6 +65,9 @@ struct RawConfig {
     max_open_files_per_account: Option<i64>,
     max_open_requests_per_user: Option<i64>,
     four_eyes: Option<bool>,
+    database_password_file: Option<PathBuf>,
+    host: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,12 @@ pub struct Config {
     pub max_open_requests_per_user: usize,
     /// The uid that opened a case may not approve it (default false).
     pub four_eyes: bool,
+    /// A file holding the PostgreSQL password (else the URL's, else `$PGPASSWORD`).
+    pub database_password_file: Option<PathBuf>,
+    /// This daemon's name in the register (default: the hostname).
+    pub host: String,
+    /// How often this daemon records that it is alive (default 10 s).
+    pub heartbeat: Duration,
 }
 
 impl Config {
@@ -174,6 +183,25 @@ impl Config {
                 ));
             }
         };
+        if let Some(p) = &raw.database_password_file {
+            if !p.is_absolute() {
+                return Err(bad("database_password_file", format!("{} is not an absolute path", p.display())));
+            }
+        }
+        let host = match raw.host {
+            Some(h) => crate::names::DirId::parse(&h)
+                .map(String::from)
+                .map_err(|e| bad("host", format!("{h:?}: {e}")))?,
+            None => default_host(),
+        };
+        let heartbeat = match raw.heartbeat.as_deref() {
+            None => Duration::from_secs(10),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+                Ok(_) => return Err(bad("heartbeat", format!("{s:?} is not between 1s and 1h"))),
+                Err(e) => return Err(bad("heartbeat", format!("{s:?} is not a duration like \"10s\": {e}"))),
+            },
+        };
         if raw.mount_point.starts_with(&raw.gdb_root) || raw.state_dir.starts_with(&raw.gdb_root) {
             return Err(bad(
                 "mount_point",
@@ -196,7 +224,15 @@ impl Config {
             max_open_files_per_account,
             max_open_requests_per_user,
             four_eyes: raw.four_eyes.unwrap_or(false),
+            database_password_file: raw.database_password_file,
+            host,
+            heartbeat,
         })
+    }
+
+    /// Whether the register is shared by several hosts (a server database).
+    pub fn shared_register(&self) -> bool {
+        !self.database_url.starts_with("sqlite:")
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -206,6 +242,19 @@ impl Config {
     pub fn caselog_dir(&self) -> PathBuf {
         self.state_dir.join("caselogs")
     }
+}
+
+/// The machine's hostname up to its first dot, as a register host name
+/// (`localhost` when it has none that is one).
+fn default_host() -> String {
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let short = name.split('.').next().unwrap_or_default();
+    crate::names::DirId::parse(short)
+        .map(String::from)
+        .unwrap_or_else(|_| "localhost".to_string())
 }
 
 /// A database URL with any password replaced, for messages and logs.
@@ -251,6 +300,8 @@ staff_group = "workcopy-staff"
         assert_eq!(c.staff_group, GroupSpec::Name("workcopy-staff".into()));
         assert_eq!(c.max_open_requests_per_user, 5);
         assert!(!c.four_eyes);
+        assert_eq!(c.heartbeat, Duration::from_secs(10));
+        assert!(!c.host.is_empty() && !c.shared_register());
     }
 
     #[test]
@@ -261,6 +312,21 @@ staff_group = "workcopy-staff"
         assert!(m.contains("max_open_requests_per_user"), "{m}");
         let m = message("four_eyes = \"yes\"\n");
         assert!(m.contains("four_eyes"), "{m}");
+    }
+
+    #[test]
+    fn shared_register_keys() {
+        let c = parse(
+            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/run/credentials/workcopy.service/db-password\"\n",
+        );
+        assert!(
+            matches!(c, Ok(ref c) if c.host == "transfer-2" && c.heartbeat == Duration::from_secs(3) && c.shared_register()
+                && c.database_password_file.is_some()),
+            "{c:?}"
+        );
+        assert!(message("host = \"a b\"\n").contains("`host`"));
+        assert!(message("heartbeat = \"0s\"\n").contains("`heartbeat`"));
+        assert!(message("database_password_file = \"pw\"\n").contains("database_password_file"));
     }
 
     #[test]

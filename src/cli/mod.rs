@@ -9,6 +9,7 @@ mod case;
 mod catalog;
 mod config;
 mod docs;
+mod hosts;
 mod render;
 mod request;
 mod status;
@@ -18,7 +19,7 @@ pub use args::Cli;
 use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::{Refusal, Reply, Request};
-use args::{AuditCmd, CatalogCmd, Command, ConfigCmd};
+use args::{AuditCmd, CatalogCmd, Command, ConfigCmd, HostCmd};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -221,6 +222,20 @@ mod reply {
         }
     }
 
+    pub(super) fn hosts(r: Reply) -> Option<Vec<crate::control::proto::HostView>> {
+        match r {
+            Reply::Hosts { hosts } => Some(hosts),
+            _ => None,
+        }
+    }
+
+    pub(super) fn retired(r: Reply) -> Option<String> {
+        match r {
+            Reply::Retired { host } => Some(host),
+            _ => None,
+        }
+    }
+
     pub(super) fn reloaded(r: Reply) -> Option<usize> {
         match r {
             Reply::Reloaded { departments } => Some(departments),
@@ -255,6 +270,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
         Command::Reload => config::reload(&cli),
         Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
+        Command::Hosts(j) => hosts::list(&cli, j.json),
+        Command::Host(HostCmd::Retire { host, reason }) => hosts::retire(&cli, host, reason),
     }
 }
 

@@ -39,6 +39,9 @@ pub enum Request {
     },
     CaseApprove {
         case_ref: String,
+        /// The host to serve the case (a shared register only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     CaseReject {
         case_ref: String,
@@ -96,6 +99,18 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<String>,
     },
+    /// Serve an approved or exported case from another host.
+    CaseMove {
+        case_ref: String,
+        to: String,
+    },
+    /// The hosts sharing the register.
+    Hosts,
+    /// Declare a host gone for good.
+    HostRetire {
+        host: String,
+        reason: String,
+    },
 }
 
 impl Request {
@@ -119,6 +134,9 @@ impl Request {
             Request::RequestShow { .. } => "request show",
             Request::RequestCancel { .. } => "request cancel",
             Request::CatalogSearch { .. } => "catalog search",
+            Request::CaseMove { .. } => "case move",
+            Request::Hosts => "hosts",
+            Request::HostRetire { .. } => "host retire",
         }
     }
 
@@ -126,7 +144,8 @@ impl Request {
     pub fn case_ref(&self) -> Option<&str> {
         match self {
             Request::CaseOpen { case_ref, .. }
-            | Request::CaseApprove { case_ref }
+            | Request::CaseApprove { case_ref, .. }
+            | Request::CaseMove { case_ref, .. }
             | Request::CaseReject { case_ref, .. }
             | Request::CaseConfirm { case_ref, .. }
             | Request::CaseClose { case_ref, .. }
@@ -142,7 +161,9 @@ impl Request {
             | Request::CatalogShow { .. }
             | Request::CaseList { .. }
             | Request::AuditVerify
-            | Request::Reload => None,
+            | Request::Reload
+            | Request::Hosts
+            | Request::HostRetire { .. } => None,
         }
     }
 }
@@ -207,6 +228,35 @@ pub struct StatusReply {
     /// Bytes of the staged copies under `<state_dir>/staging`.
     #[serde(default)]
     pub staging_bytes: u64,
+    /// This daemon's name in the register.
+    #[serde(default)]
+    pub host: String,
+    /// Whether the register is shared by several hosts.
+    #[serde(default)]
+    pub shared_register: bool,
+    /// `None` while the database answers; else since when it has not (RFC
+    /// 3339) and its last error. Exported cases stay in the mount meanwhile,
+    /// but opens whose access record cannot be written fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_unreachable: Option<Unreachable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    pub since: String,
+    pub error: String,
+}
+
+/// A host of the register as `workcopy hosts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub host: crate::domain::hosts::HostRecord,
+    pub state: crate::domain::hosts::Liveness,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: i64,
+    /// Whether its directory file matches the other hosts'.
+    pub directory_matches: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +323,13 @@ pub enum Reply {
         files: Vec<SearchHit>,
         /// More files matched than the reply holds.
         more: bool,
+    },
+    Hosts {
+        hosts: Vec<HostView>,
+    },
+    /// A host is retired.
+    Retired {
+        host: String,
     },
 }
 

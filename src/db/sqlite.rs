@@ -9,7 +9,8 @@ use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
 use crate::domain::directory::SelfService;
-use crate::domain::search::{CatalogQuery, FoundFile, NameField, SearchKey, SearchOrder};
+use crate::domain::hosts::{HostBeat, HostRecord, Serving};
+use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -52,6 +53,7 @@ impl Default for Connections {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A unique-key violation, which some writes turn into a domain answer.
@@ -218,7 +220,11 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            changes: tokio::sync::watch::Sender::new(0),
+        })
     }
 
     /// Registers a case; for a self-service request (`max_open` given), only
@@ -246,34 +252,6 @@ impl SqliteStore {
         finish(tx, result).await
     }
 
-    /// One query of [`Store::search_catalog`]: `department` narrows it to
-    /// one department (else the query's departments are not asked).
-    async fn search_once(
-        &self,
-        q: &CatalogQuery,
-        department: Option<&str>,
-        after: Option<&SearchKey>,
-        limit: u32,
-    ) -> Result<Vec<FoundFile>, StoreError> {
-        let (sql, args) = search_sql(q, department, after, limit);
-        let mut query = sqlx::query(&sql);
-        for a in args {
-            query = match a {
-                Arg::Text(t) => query.bind(t),
-                Arg::Int(n) => query.bind(n),
-            };
-        }
-        let rows = query.fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(FoundFile {
-                    file: catalog_file(r)?,
-                    sample_id: r.try_get("sample_id")?,
-                })
-            })
-            .collect()
-    }
-
     /// A write transaction holding the database's write lock from its start.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
         Tx::begin(&self.writer, "BEGIN IMMEDIATE").await
@@ -297,6 +275,31 @@ impl SqliteStore {
         }
         .await;
         finish(tx, result).await
+    }
+
+    /// A transition, moving the serving host to `host` when given.
+    async fn transition_on(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: Option<&str>,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_transition(&mut tx, case_ref, from, to, host, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => {
+                    if done.is_ok() {
+                        self.changes.send_modify(|n| *n += 1);
+                    }
+                    return done;
+                }
+            }
+        }
     }
 
     /// The case's state and head (record count, last hash).
@@ -357,6 +360,7 @@ impl SqliteStore {
         case_ref: &str,
         from: CaseState,
         to: CaseState,
+        host: Option<&str>,
         event: NewEvent,
     ) -> Result<EventRecord, StoreError> {
         let (state, count, head) = Self::head(tx, case_ref).await?;
@@ -368,11 +372,12 @@ impl SqliteStore {
             });
         }
         let (count, head) = Self::fold_case(tx, case_ref, count, head, None).await?;
-        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
+        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2, host = COALESCE($5, host) WHERE ref = $3 AND state = $4")
             .bind(to.as_str())
             .bind(crate::unix::now_secs())
             .bind(case_ref)
             .bind(from.as_str())
+            .bind(host)
             .execute(&mut **tx)
             .await?;
         if moved.rows_affected() != 1 {
@@ -392,6 +397,18 @@ impl SqliteStore {
             });
         }
         Self::push_event(tx, case_ref, count, &head, event).await
+    }
+
+    /// One attempt at a move to `host`, inside `tx`.
+    async fn try_move(tx: &mut Tx, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let rec = Self::try_append_in(tx, case_ref, states, event).await?;
+        sqlx::query("UPDATE cases SET host = $1 WHERE ref = $2")
+            .bind(host)
+            .bind(case_ref)
+            .execute(&mut **tx)
+            .await?;
+
+        Ok(rec)
     }
 
     /// Folds the case's counted accesses into its log, inside `tx`, onto the
@@ -667,6 +684,35 @@ impl SqliteStore {
     }
 }
 
+#[async_trait::async_trait]
+impl super::search::SearchOnce for SqliteStore {
+    async fn search_once(
+        &self,
+        q: &CatalogQuery,
+        department: Option<&str>,
+        after: Option<&SearchKey>,
+        limit: u32,
+    ) -> Result<Vec<FoundFile>, StoreError> {
+        let (sql, args) = super::search::search_sql(q, department, after, limit);
+        let mut query = sqlx::query(&sql);
+        for a in args {
+            query = match a {
+                super::search::Arg::Text(t) => query.bind(t),
+                super::search::Arg::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FoundFile {
+                    file: catalog_file(r)?,
+                    sample_id: r.try_get("sample_id")?,
+                })
+            })
+            .collect()
+    }
+}
+
 fn catalog_file(row: &SqliteRow) -> Result<CatalogFile, StoreError> {
     let bad = StoreError::CatalogRow;
     Ok(CatalogFile {
@@ -705,6 +751,7 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
         head_hash: row.try_get("head_hash")?,
         opened_uid: row.try_get::<Option<i64>, _>("opened_uid")?.map(|u| u as u32),
         self_service,
+        host: row.try_get("host")?,
         case_ref,
     })
 }
@@ -802,37 +849,7 @@ impl Store for SqliteStore {
     }
 
     async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError> {
-        let order = query.order();
-        match &query.departments {
-            Some(list) if list.is_empty() => Ok(Vec::new()),
-            // Few files share a sample: its index finds them; the departments are checked here.
-            Some(list) if query.sample_id.is_some() => {
-                let wanted: std::collections::HashSet<&str> = list.iter().map(String::as_str).collect();
-                let mut found = Vec::new();
-                let mut from = after.cloned();
-                loop {
-                    let page = self.search_once(query, None, from.as_ref(), limit).await?;
-                    let full = page.len() == limit as usize;
-                    from = page.last().map(|f| SearchKey::of(order, &f.file));
-                    found.extend(page.into_iter().filter(|f| wanted.contains(f.file.department.as_str())));
-                    if found.len() >= limit as usize || !full {
-                        found.truncate(limit as usize);
-                        return Ok(found);
-                    }
-                }
-            }
-            // One department at a time, each in order from its own index, merged.
-            Some(list) => {
-                let mut found = Vec::new();
-                for d in list {
-                    found.extend(self.search_once(query, Some(d), after, limit).await?);
-                }
-                found.sort_by_cached_key(|f| SearchKey::of(order, &f.file));
-                found.truncate(limit as usize);
-                Ok(found)
-            }
-            None => self.search_once(query, None, after, limit).await,
-        }
+        super::search::search_catalog(self, query, after, limit).await
     }
 
     async fn catalog_size(&self) -> Result<u64, StoreError> {
@@ -899,15 +916,7 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut attempt = 1;
-        loop {
-            let mut tx = self.begin_write().await?;
-            let result = Self::try_transition(&mut tx, case_ref, from, to, event.clone()).await;
-            match finish(tx, result).await {
-                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
-                done => return done,
-            }
-        }
+        self.transition_on(case_ref, from, to, None, event).await
     }
 
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
@@ -1019,6 +1028,176 @@ impl Store for SqliteStore {
             .map(|s| (*s, map.get(s.as_str()).copied().unwrap_or(0)))
             .collect())
     }
+
+    async fn transition_to_host(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: &str,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        self.transition_on(case_ref, from, to, Some(host), event).await
+    }
+
+    async fn move_case(&self, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_move(&mut tx, case_ref, states, host, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => {
+                    if done.is_ok() {
+                        self.changes.send_modify(|n| *n += 1);
+                    }
+                    return done;
+                }
+            }
+        }
+    }
+
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&unsealed_sql()).fetch_all(&self.reader).await?)
+    }
+
+    async fn report_serving(&self, s: &Serving) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(SERVING_UPSERT)
+            .bind(&s.case_ref)
+            .bind(&s.host)
+            .bind(s.published as i64)
+            .bind(s.done.min(i64::MAX as u64) as i64)
+            .bind(s.total.min(i64::MAX as u64) as i64)
+            .bind(s.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        finish(tx, result).await
+    }
+
+    async fn serving(&self, case_ref: &str) -> Result<Option<Serving>, StoreError> {
+        let row = sqlx::query("SELECT * FROM serving WHERE case_ref = $1")
+            .bind(case_ref)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(serving_record).transpose()
+    }
+
+    async fn heartbeat(&self, b: &HostBeat) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(HEARTBEAT_UPSERT)
+            .bind(&b.name)
+            .bind(&b.version)
+            .bind(&b.mode)
+            .bind(&b.read_path)
+            .bind(&b.directory_sha256)
+            .bind(&b.started_at)
+            .bind(b.at)
+            .bind(b.every_secs)
+            .bind(b.cases_served.min(i64::MAX as u64) as i64)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        finish(tx, result).await
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name").fetch_all(&self.reader).await?;
+        rows.iter().map(host_record).collect()
+    }
+
+    async fn retire_host(&self, name: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(RETIRE)
+            .bind(name)
+            .bind(audit::now_rfc3339())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(StoreError::from);
+        let found = finish(tx, result).await?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(found)
+    }
+
+    fn case_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// Statements the host register shares between backends.
+pub(super) fn unsealed_sql() -> String {
+    let terminal: Vec<String> = CaseState::TERMINAL.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!(
+        "SELECT c.ref FROM cases c JOIN case_events e ON e.case_ref = c.ref AND e.seq = c.event_count \
+         WHERE c.state IN ({}) AND e.event <> '{}' ORDER BY c.ref",
+        terminal.join(", "),
+        EventKind::Sealed.as_str()
+    )
+}
+pub(super) const SERVING_UPSERT: &str = "INSERT INTO serving (case_ref, host, published, done, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (case_ref) DO UPDATE SET host = excluded.host, published = excluded.published, done = excluded.done, \
+     total = excluded.total, updated_at = excluded.updated_at";
+pub(super) const HEARTBEAT_UPSERT: &str = "INSERT INTO hosts (name, version, mode, read_path, directory_sha256, started_at, heartbeat_at, \
+     heartbeat_secs, cases_served) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (name) DO UPDATE SET version = excluded.version, mode = excluded.mode, read_path = excluded.read_path, \
+     directory_sha256 = excluded.directory_sha256, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+     heartbeat_secs = excluded.heartbeat_secs, cases_served = excluded.cases_served";
+pub(super) const RETIRE: &str =
+    "UPDATE hosts SET retired_at = COALESCE(retired_at, $2), retired_reason = COALESCE(retired_reason, $3) WHERE name = $1";
+
+/// A `serving` row, from either backend.
+pub(super) fn serving_record<R: HostRow>(row: &R) -> Result<Serving, StoreError> {
+    Ok(Serving {
+        case_ref: row.text("case_ref")?,
+        host: row.text("host")?,
+        published: row.int("published")? != 0,
+        done: row.int("done")?.max(0) as u64,
+        total: row.int("total")?.max(0) as u64,
+        updated_at: row.int("updated_at")?,
+    })
+}
+
+/// A `hosts` row, from either backend.
+pub(super) fn host_record<R: HostRow>(row: &R) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        beat: HostBeat {
+            name: row.text("name")?,
+            version: row.text("version")?,
+            mode: row.text("mode")?,
+            read_path: row.text("read_path")?,
+            directory_sha256: row.text("directory_sha256")?,
+            started_at: row.text("started_at")?,
+            at: row.int("heartbeat_at")?,
+            every_secs: row.int("heartbeat_secs")?,
+            cases_served: row.int("cases_served")?.max(0) as u64,
+        },
+        retired_at: row.opt_text("retired_at")?,
+        retired_reason: row.opt_text("retired_reason")?,
+    })
+}
+
+/// The column reads the shared row decoders need, for each backend's rows.
+pub(super) trait HostRow {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+}
+
+impl HostRow for SqliteRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
 }
 
 /// The multi-row INSERT of `n` import rows. Its parameters are anonymous
@@ -1054,75 +1233,6 @@ async fn analyze_catalog(pool: &SqlitePool) {
     if let Err(e) = analyzed.await {
         tracing::warn!(error = %e, "cannot refresh the catalog's statistics; searches may be slower");
     }
-}
-
-/// A value bound to a search query.
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
-/// The SQL of one search query and its arguments, in placeholder order:
-/// portable (equality, ranges, `LIKE … ESCAPE`, row-value comparison), each
-/// shape served by an index in the order it returns.
-fn search_sql(q: &CatalogQuery, department: Option<&str>, after: Option<&SearchKey>, limit: u32) -> (String, Vec<Arg>) {
-    let mut conds: Vec<String> = Vec::new();
-    let mut args: Vec<Arg> = Vec::new();
-    let mut arg = |a: Arg| {
-        args.push(a);
-        format!("${}", args.len())
-    };
-    if let Some(d) = department {
-        conds.push(format!("department = {}", arg(Arg::Text(d.to_string()))));
-    }
-    if let Some(s) = &q.sample_id {
-        conds.push(format!("sample_id = {}", arg(Arg::Text(s.clone()))));
-    }
-    if let Some(ns) = q.since_ns {
-        conds.push(format!("submitted_ns >= {}", arg(Arg::Int(ns))));
-    }
-    if let Some(n) = &q.name {
-        let col = match n.field {
-            NameField::BaseName => "base_name",
-            NameField::Path => "path",
-        };
-        if !n.from.is_empty() {
-            conds.push(format!("{col} >= {}", arg(Arg::Text(n.from.clone()))));
-        }
-        if let Some(b) = &n.below {
-            conds.push(format!("{col} < {}", arg(Arg::Text(b.clone()))));
-        }
-        conds.push(format!("{col} LIKE {} ESCAPE '\\'", arg(Arg::Text(n.like.clone()))));
-    }
-    match after {
-        None => {}
-        Some(SearchKey::BaseName(b, id)) => {
-            let (b, id) = (arg(Arg::Text(b.clone())), arg(Arg::Text(id.clone())));
-            conds.push(format!("(base_name, file_id) > ({b}, {id})"));
-        }
-        Some(SearchKey::Path(p)) => conds.push(format!("path > {}", arg(Arg::Text(p.clone())))),
-        Some(SearchKey::Submitted(ns, id)) => {
-            let (ns, id) = (arg(Arg::Int(*ns)), arg(Arg::Text(id.clone())));
-            conds.push(format!("(submitted_ns, file_id) > ({ns}, {id})"));
-        }
-    }
-    let order = match q.order() {
-        SearchOrder::BaseName => "base_name, file_id",
-        SearchOrder::Path => "path",
-        SearchOrder::Submitted => "submitted_ns, file_id",
-    };
-    let limit = arg(Arg::Int(limit as i64));
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {} ", conds.join(" AND "))
-    };
-    (
-        format!(
-            "SELECT file_id, path, department, size, sha256, submitted_ns, extra, sample_id FROM catalog {filter}ORDER BY {order} LIMIT {limit}"
-        ),
-        args,
-    )
 }
 
 #[cfg(test)]

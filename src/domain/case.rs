@@ -125,6 +125,10 @@ pub struct CaseRecord {
     /// (`review` or `auto`); `None` for a case staff registered.
     #[serde(default)]
     pub self_service: Option<SelfService>,
+    /// The host that serves the case (stages it and shows it in its mount),
+    /// from its approval on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl CaseRecord {

@@ -45,6 +45,8 @@ struct RawDepartment {
     transfer_account: AccountSpec,
     #[serde(default)]
     self_service: SelfService,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +122,9 @@ pub struct Department {
     pub transfer_uid: u32,
     /// What `workcopy request open` does for this department's users.
     pub self_service: SelfService,
+    /// The transfer hosts that may serve its cases, the first by default
+    /// (empty: any host).
+    pub hosts: Vec<DirId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -181,8 +186,17 @@ impl Directory {
                     "[[department]] {id}: transfer_account {account:?} (uid {uid}) is already the account of {other}; each department needs its own"
                 )));
             }
+            let mut hosts: Vec<DirId> = Vec::new();
+            for h in &d.hosts {
+                let host = DirId::parse(h).map_err(|e| fail(format!("[[department]] {id}: hosts: {e}")))?;
+                if hosts.contains(&host) {
+                    return Err(fail(format!("[[department]] {id}: hosts names {host} twice")));
+                }
+                hosts.push(host);
+            }
             dir.by_uid.insert(uid, id.clone());
             let dept = Department {
+                hosts,
                 id: id.clone(),
                 name: d.name,
                 group,

@@ -5,5 +5,6 @@ pub mod authz;
 pub mod case;
 pub mod catalog;
 pub mod directory;
+pub mod hosts;
 pub mod search;
 pub mod verify;

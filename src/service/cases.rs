@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 pub(super) fn redact(case: &mut CaseRecord) {
     case.report.lines.clear();
     case.report.problems.clear();
+    case.host = None;
 }
 
 /// Refused receipts recorded per case (and daemon run); more are answered but not logged.
@@ -48,7 +49,11 @@ impl Service {
         } else {
             None
         };
-        let visible = self.exports.get(&case.case_ref).is_some();
+        let (visible, staging) = if self.serves(&case) {
+            (self.exports.get(&case.case_ref).is_some(), staging)
+        } else {
+            self.remote_serving(&case).await
+        };
         if *role == Role::Staff {
             return Ok(CaseView {
                 visible,
@@ -137,23 +142,25 @@ impl Service {
         Ok(Reply::Case(Box::new(self.view(&Role::Staff, case).await?)))
     }
 
-    pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str) -> Response {
+    pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str, host: Option<&str>) -> Response {
         let case = self.visible_case(role, case_ref).await?;
-        self.approve(role, actor, &case, json!({"mode": self.cfg.mode.to_string()})).await?;
+        self.approve(role, actor, &case, host, json!({})).await?;
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }
 
     /// The one approval path, for staff (`case approve`) and for workcopy
     /// under a department's `self_service = "auto"`: the state allows it,
-    /// `four_eyes` holds, rule 1 still holds; then the case is approved with
-    /// `details` in its record and staging starts.
+    /// `four_eyes` holds, rule 1 still holds; then the case is approved on
+    /// its serving host (`host`, else the department's first, else this
+    /// one) with `extra` added to its record, and staging starts there.
     pub(super) async fn approve(
         self: &Arc<Self>,
         role: &Role,
         actor: &Actor,
         case: &CaseRecord,
-        details: serde_json::Value,
+        host: Option<&str>,
+        extra: serde_json::Value,
     ) -> Result<(), Refusal> {
         transition(role, Action::Approve, case.facts())?;
         if let Some(reason) = four_eyes_refusal(self.cfg.four_eyes, case.opened_uid, actor.uid, &case.case_ref) {
@@ -164,8 +171,20 @@ impl Service {
         if let Some(reason) = no_longer_authorized(&self.directory(), case.department.as_deref(), &files) {
             return Err(refuse(RefusalKind::Failed, format!("approval refused: {reason}")));
         }
-        self.take(role, actor, case, Action::Approve, details).await?;
-        self.start_staging(case.case_ref.clone(), files)
+        let host = self.choose_host(case.department.as_deref(), host).await?;
+        let mut details = if self.cfg.shared_register() {
+            json!({"mode": self.cfg.mode.to_string(), "host": host})
+        } else {
+            json!({"mode": self.cfg.mode.to_string()})
+        };
+        if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        self.take_on(role, actor, case, Action::Approve, Some(&host), details).await?;
+        if host == self.cfg.host {
+            self.start_staging(case.case_ref.clone(), files)?;
+        }
+        Ok(())
     }
 
     pub(super) async fn case_reject(&self, role: &Role, actor: &Actor, case_ref: &str, reason: &str) -> Response {

@@ -237,12 +237,11 @@ impl Service {
         let case = self.own_request(&me, case_ref.as_str()).await?;
         if policy == SelfService::Auto && verified {
             let details = json!({
-                "mode": self.cfg.mode.to_string(),
                 "policy": "self_service = auto",
                 "department": me.department,
             });
             // The request stands whatever happens here; staff see it open.
-            if let Err(e) = self.approve(&Role::System, &Actor::system(), &case, details).await {
+            if let Err(e) = self.approve(&Role::System, &Actor::system(), &case, None, details).await {
                 warn!(case = %case_ref, error = %e, "a self-service request could not be approved under the auto policy; it stays open for staff");
             }
         }

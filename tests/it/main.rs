@@ -17,7 +17,10 @@ mod abuse;
 mod cli_pipe;
 mod common;
 mod faults;
+mod hosts;
 mod mount;
+#[path = "../../src/db/pg_test_server.rs"]
+mod pg;
 mod regional;
 mod register;
 mod selfservice;
