@@ -8,7 +8,8 @@ ALTER TABLE catalog ADD COLUMN sample_id TEXT COLLATE "C";
 UPDATE catalog SET sample_id = NULLIF(extra::jsonb ->> 'sample_id', '')
 WHERE extra <> '' AND jsonb_typeof(extra::jsonb -> 'sample_id') = 'string';
 CREATE INDEX catalog_sample ON catalog (sample_id);
-CREATE INDEX catalog_submitted ON catalog (submitted_ns);
-CREATE INDEX catalog_department_base_name ON catalog (department, base_name);
-CREATE INDEX catalog_department_path ON catalog (department, path);
-CREATE INDEX catalog_department_submitted ON catalog (department, submitted_ns);
+DROP INDEX catalog_path;
+CREATE INDEX catalog_path ON catalog (path, department);
+DROP INDEX catalog_base_name;
+CREATE INDEX catalog_base_name ON catalog (base_name, department);
+CREATE INDEX catalog_submitted ON catalog (submitted_ns, department);

@@ -14,9 +14,10 @@ UPDATE catalog SET sample_id = json_extract(extra, '$.sample_id')
 WHERE extra <> '' AND json_valid(extra) AND json_type(extra, '$.sample_id') = 'text'
   AND json_extract(extra, '$.sample_id') <> '';
 CREATE INDEX catalog_sample ON catalog (sample_id);
--- `catalog search --since`, and a requester's searches, one department of
--- their user group at a time, in the order the results are shown.
-CREATE INDEX catalog_submitted ON catalog (submitted_ns);
-CREATE INDEX catalog_department_base_name ON catalog (department, base_name);
-CREATE INDEX catalog_department_path ON catalog (department, path);
-CREATE INDEX catalog_department_submitted ON catalog (department, submitted_ns);
+-- Searches read the name indexes in order and check the department on each
+-- entry, without the table; `--since` reads the submission times in order.
+DROP INDEX catalog_path;
+CREATE INDEX catalog_path ON catalog (path, department);
+DROP INDEX catalog_base_name;
+CREATE INDEX catalog_base_name ON catalog (base_name, department);
+CREATE INDEX catalog_submitted ON catalog (submitted_ns, department);

@@ -109,9 +109,9 @@ pub trait Store: Send + Sync + 'static {
     /// configuration), in [`query.order()`](CatalogQuery::order), where
     /// strings compare byte by byte; only those whose
     /// [`SearchKey`] in that order is above `after`; at most `limit`.
-    /// Reads served by indexes: its cost follows the files it returns (and,
-    /// for a `LIKE` that starts with a wildcard, the files of the named
-    /// departments), not the catalog's size.
+    /// Served by indexes in that order: its cost follows the files it
+    /// returns, except that a `LIKE` starting with a wildcard may read the
+    /// whole name index (never the table).
     async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError>;
     /// The number of files in the catalog.
     async fn catalog_size(&self) -> Result<u64, StoreError>;

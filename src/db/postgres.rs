@@ -617,14 +617,11 @@ impl PgStore {
 const REBUILD_INDEXES_AT: u64 = 100_000;
 
 /// The catalog's secondary indexes (name, columns), as the migrations made them.
-const SECONDARY_INDEXES: [(&str, &str); 7] = [
-    ("catalog_path", "path"),
-    ("catalog_base_name", "base_name"),
+const SECONDARY_INDEXES: [(&str, &str); 4] = [
+    ("catalog_path", "path, department"),
+    ("catalog_base_name", "base_name, department"),
     ("catalog_sample", "sample_id"),
-    ("catalog_submitted", "submitted_ns"),
-    ("catalog_department_base_name", "department, base_name"),
-    ("catalog_department_path", "department, path"),
-    ("catalog_department_submitted", "department, submitted_ns"),
+    ("catalog_submitted", "submitted_ns, department"),
 ];
 
 /// Bytes of COPY data sent per message.
@@ -1095,15 +1092,8 @@ impl Store for PgStore {
 
 #[async_trait::async_trait]
 impl super::search::SearchOnce for PgStore {
-    async fn search_once(
-        &self,
-        q: &CatalogQuery,
-        department: Option<&str>,
-        after: Option<&SearchKey>,
-        limit: u32,
-    ) -> Result<Vec<FoundFile>, StoreError> {
-        let (sql, args) = super::search::search_sql(q, department, after, limit);
-        let mut query = sqlx::query(&sql);
+    async fn search_once(&self, sql: &str, args: Vec<super::search::Arg>) -> Result<Vec<FoundFile>, StoreError> {
+        let mut query = sqlx::query(sql);
         for a in args {
             query = match a {
                 super::search::Arg::Text(t) => query.bind(t),

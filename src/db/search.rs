@@ -1,63 +1,38 @@
-//! `Store::search_catalog` for every backend: the portable SQL of one
-//! candidate query (equality, ranges, `LIKE … ESCAPE`, row values; `$N`
-//! placeholders), and how a search is split into queries each served by an
-//! index in the order it returns: one department at a time, merged; or, for
-//! a sample, by the sample's index with the departments checked here.
+//! `Store::search_catalog` for every backend, as one portable SQL query
+//! (equality, `IN`, ranges, `LIKE … ESCAPE`, row values; `$N` placeholders)
+//! that an index serves in the order it returns:
+//!
+//! * by base name or path: the `(base_name, department)` or `(path,
+//!   department)` index, read in order; the name filter and the departments
+//!   are checked on the index entries alone, so a pattern that starts with a
+//!   wildcard reads the index, not the table;
+//! * `--since`: the `(submitted_ns, department)` index from the date on;
+//! * a sample: the `sample_id` index (a few files, sorted).
+//!
+//! The query finds the `file_id`s first (from the index only) and then reads
+//! those rows, at most `limit` of them.
 
 use super::StoreError;
 use crate::domain::search::{CatalogQuery, FoundFile, NameField, SearchKey, SearchOrder};
 
-/// One query of a search, as a backend runs it: `department` narrows it to
-/// one department (else the query's departments are not asked).
+/// Runs a search query, as a backend binds and decodes it.
 #[async_trait::async_trait]
 pub(super) trait SearchOnce: Sync {
-    async fn search_once(
-        &self,
-        q: &CatalogQuery,
-        department: Option<&str>,
-        after: Option<&SearchKey>,
-        limit: u32,
-    ) -> Result<Vec<FoundFile>, StoreError>;
+    async fn search_once(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<FoundFile>, StoreError>;
 }
 
-/// [`Store::search_catalog`](super::Store::search_catalog) in queries of `db`.
+/// [`Store::search_catalog`](super::Store::search_catalog) through `db`.
 pub(super) async fn search_catalog(
     db: &dyn SearchOnce,
     query: &CatalogQuery,
     after: Option<&SearchKey>,
     limit: u32,
 ) -> Result<Vec<FoundFile>, StoreError> {
-    let order = query.order();
-    match &query.departments {
-        Some(list) if list.is_empty() => Ok(Vec::new()),
-        // Few files share a sample: its index finds them; the departments are checked here.
-        Some(list) if query.sample_id.is_some() => {
-            let wanted: std::collections::HashSet<&str> = list.iter().map(String::as_str).collect();
-            let mut found = Vec::new();
-            let mut from = after.cloned();
-            loop {
-                let page = db.search_once(query, None, from.as_ref(), limit).await?;
-                let full = page.len() == limit as usize;
-                from = page.last().map(|f| SearchKey::of(order, &f.file));
-                found.extend(page.into_iter().filter(|f| wanted.contains(f.file.department.as_str())));
-                if found.len() >= limit as usize || !full {
-                    found.truncate(limit as usize);
-                    return Ok(found);
-                }
-            }
-        }
-        // One department at a time, each in order from its own index, merged.
-        Some(list) => {
-            let mut found = Vec::new();
-            for d in list {
-                found.extend(db.search_once(query, Some(d), after, limit).await?);
-            }
-            found.sort_by_cached_key(|f| SearchKey::of(order, &f.file));
-            found.truncate(limit as usize);
-            Ok(found)
-        }
-        None => db.search_once(query, None, after, limit).await,
+    if query.departments.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
     }
+    let (sql, args) = search_sql(query, after, limit);
+    db.search_once(&sql, args).await
 }
 
 /// A value bound to a search query.
@@ -66,18 +41,17 @@ pub(super) enum Arg {
     Int(i64),
 }
 
-/// The SQL of one search query and its arguments, in placeholder order:
-/// portable (equality, ranges, `LIKE … ESCAPE`, row-value comparison), each
-/// shape served by an index in the order it returns.
-pub(super) fn search_sql(q: &CatalogQuery, department: Option<&str>, after: Option<&SearchKey>, limit: u32) -> (String, Vec<Arg>) {
+/// The SQL of a search query and its arguments, in placeholder order.
+pub(super) fn search_sql(q: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> (String, Vec<Arg>) {
     let mut conds: Vec<String> = Vec::new();
     let mut args: Vec<Arg> = Vec::new();
     let mut arg = |a: Arg| {
         args.push(a);
         format!("${}", args.len())
     };
-    if let Some(d) = department {
-        conds.push(format!("department = {}", arg(Arg::Text(d.to_string()))));
+    if let Some(list) = &q.departments {
+        let places: Vec<String> = list.iter().map(|d| arg(Arg::Text(d.clone()))).collect();
+        conds.push(format!("department IN ({})", places.join(", ")));
     }
     if let Some(s) = &q.sample_id {
         conds.push(format!("sample_id = {}", arg(Arg::Text(s.clone()))));
@@ -123,7 +97,8 @@ pub(super) fn search_sql(q: &CatalogQuery, department: Option<&str>, after: Opti
     };
     (
         format!(
-            "SELECT file_id, path, department, size, sha256, submitted_ns, extra, sample_id FROM catalog {filter}ORDER BY {order} LIMIT {limit}"
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra, sample_id FROM catalog \
+             WHERE file_id IN (SELECT file_id FROM catalog {filter}ORDER BY {order} LIMIT {limit}) ORDER BY {order}"
         ),
         args,
     )

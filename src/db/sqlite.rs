@@ -686,15 +686,8 @@ impl SqliteStore {
 
 #[async_trait::async_trait]
 impl super::search::SearchOnce for SqliteStore {
-    async fn search_once(
-        &self,
-        q: &CatalogQuery,
-        department: Option<&str>,
-        after: Option<&SearchKey>,
-        limit: u32,
-    ) -> Result<Vec<FoundFile>, StoreError> {
-        let (sql, args) = super::search::search_sql(q, department, after, limit);
-        let mut query = sqlx::query(&sql);
+    async fn search_once(&self, sql: &str, args: Vec<super::search::Arg>) -> Result<Vec<FoundFile>, StoreError> {
+        let mut query = sqlx::query(sql);
         for a in args {
             query = match a {
                 super::search::Arg::Text(t) => query.bind(t),
