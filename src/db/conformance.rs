@@ -854,6 +854,11 @@ pub async fn concurrent_transitions_from_one_state_have_one_winner(store: Arc<dy
     Ok(())
 }
 
+/// At most `open` live requests per person, and plenty a day.
+fn at_most(open: u64) -> super::RequestLimits {
+    super::RequestLimits { open, per_day: 1000 }
+}
+
 /// A self-service request of `requester`'s, holding no files.
 fn request(case_ref: &str, requester: &str, uid: u32) -> anyhow::Result<NewCase> {
     let mut case = new_case(case_ref, DEPT, &[])?;
@@ -864,15 +869,21 @@ fn request(case_ref: &str, requester: &str, uid: u32) -> anyhow::Result<NewCase>
 }
 
 pub async fn create_request_counts_the_requesters_live_requests(store: Arc<dyn Store>) -> anyhow::Result<()> {
-    store.create_request(request("R-1", "alice", 5001)?, event("opened", 0), 2).await?;
-    store.create_request(request("R-2", "alice", 5001)?, event("opened", 0), 2).await?;
+    store
+        .create_request(request("R-1", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
+    store
+        .create_request(request("R-2", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
     let stored = store.case("R-1").await?.context("R-1 was not stored")?;
     ensure!(
         stored.self_service == Some(SelfService::Review) && stored.opened_uid == Some(5001),
         "a request is stored as one: {stored:?}"
     );
     // The third is refused, and nothing of it is written.
-    let third = store.create_request(request("R-3", "alice", 5001)?, event("opened", 0), 2).await;
+    let third = store
+        .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await;
     ensure!(
         matches!(&third, Err(StoreError::TooManyRequests { requester, open: 2 }) if requester == "alice"),
         "over the limit: {third:?}"
@@ -883,10 +894,14 @@ pub async fn create_request_counts_the_requesters_live_requests(store: Arc<dyn S
     staffs.self_service = None;
     store.create_case(staffs, event("opened", 0)).await?;
     ensure!(store.case("C-1").await?.and_then(|c| c.self_service).is_none(), "staff's case");
-    store.create_request(request("R-9", "bob", 5002)?, event("opened", 0), 2).await?;
+    store
+        .create_request(request("R-9", "bob", 5002)?, event("opened", 0), at_most(2))
+        .await?;
     ensure!(
         matches!(
-            store.create_request(request("R-3", "alice", 5001)?, event("opened", 0), 2).await,
+            store
+                .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+                .await,
             Err(StoreError::TooManyRequests { .. })
         ),
         "still two"
@@ -895,10 +910,27 @@ pub async fn create_request_counts_the_requesters_live_requests(store: Arc<dyn S
     store
         .transition("R-1", CaseState::Open, CaseState::Cancelled, event("cancelled", 1))
         .await?;
-    store.create_request(request("R-3", "alice", 5001)?, event("opened", 0), 2).await?;
+    store
+        .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
     // A taken reference is still refused as such.
-    let taken = store.create_request(request("R-9", "carol", 5003)?, event("opened", 0), 2).await;
+    let taken = store
+        .create_request(request("R-9", "carol", 5003)?, event("opened", 0), at_most(2))
+        .await;
     ensure!(matches!(&taken, Err(StoreError::Exists(r)) if r == "R-9"), "taken: {taken:?}");
+    // Requests of the last 24 hours count for the daily limit, whatever became of them.
+    let daily = super::RequestLimits { open: 10, per_day: 3 };
+    let today = store
+        .create_request(request("R-4", "alice", 5001)?, event("opened", 0), daily)
+        .await;
+    ensure!(
+        matches!(&today, Err(StoreError::RequestsToday { requester, made: 3 }) if requester == "alice"),
+        "alice made R-1, R-2 and R-3 today: {today:?}"
+    );
+    ensure!(store.case("R-4").await?.is_none(), "a refused request was stored");
+    store
+        .create_request(request("R-5", "bob", 5002)?, event("opened", 0), daily)
+        .await?;
     Ok(())
 }
 
@@ -909,7 +941,7 @@ pub async fn concurrent_requests_never_pass_the_limit_together(store: Arc<dyn St
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .create_request(request(&format!("R-{i}"), "alice", 5001)?, event("opened", 0), 3)
+                .create_request(request(&format!("R-{i}"), "alice", 5001)?, event("opened", 0), at_most(3))
                 .await
                 .map_err(anyhow::Error::from)
         }));
@@ -925,28 +957,37 @@ pub async fn concurrent_requests_never_pass_the_limit_together(store: Arc<dyn St
         }
     }
     ensure!(won == 3, "{won} requests registered, the limit is 3");
-    ensure!(store.list_requests("alice").await?.len() == 3, "stored");
+    ensure!(store.list_requests("alice", 100).await?.len() == 3, "stored");
     Ok(())
 }
 
 pub async fn list_requests_lists_a_requesters_own_requests(store: Arc<dyn Store>) -> anyhow::Result<()> {
-    store.create_request(request("R-B", "alice", 5001)?, event("opened", 0), 5).await?;
-    store.create_request(request("R-X", "bob", 5002)?, event("opened", 0), 5).await?;
+    store
+        .create_request(request("R-B", "alice", 5001)?, event("opened", 0), at_most(5))
+        .await?;
+    store
+        .create_request(request("R-X", "bob", 5002)?, event("opened", 0), at_most(5))
+        .await?;
     let mut staffs = request("C-1", "alice", 0)?;
     staffs.self_service = None;
     store.create_case(staffs, event("opened", 0)).await?;
-    store.create_request(request("R-A", "alice", 5001)?, event("opened", 0), 5).await?;
+    // Registration times are compared as text: a second apart, they order as they were made.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    store
+        .create_request(request("R-A", "alice", 5001)?, event("opened", 0), at_most(5))
+        .await?;
     store
         .transition("R-B", CaseState::Open, CaseState::Cancelled, event("cancelled", 1))
         .await?;
     ensure!(
-        refs(&store.list_requests("alice").await?) == ["R-B", "R-A"],
+        refs(&store.list_requests("alice", 100).await?) == ["R-B", "R-A"],
         "oldest first, ended ones too"
     );
-    ensure!(refs(&store.list_requests("bob").await?) == ["R-X"], "bob's");
-    ensure!(store.list_requests("carol").await?.is_empty(), "none");
+    ensure!(refs(&store.list_requests("bob", 100).await?) == ["R-X"], "bob's");
+    ensure!(store.list_requests("carol", 100).await?.is_empty(), "none");
+    ensure!(refs(&store.list_requests("alice", 1).await?) == ["R-A"], "the most recent");
     ensure!(
-        store.list_requests("alice").await?[1] == store.case("R-A").await?.context("R-A")?,
+        store.list_requests("alice", 100).await?[1] == store.case("R-A").await?.context("R-A")?,
         "a listed request is the stored case"
     );
     Ok(())

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// [`Store::create_request`]: the requester has `open` live self-service cases, the most allowed.
     #[error("{requester} has {open} open requests, the most allowed")]
     TooManyRequests { requester: String, open: u64 },
+    /// [`Store::create_request`]: the requester made `made` requests in the last 24 hours, the most allowed.
+    #[error("{requester} made {made} requests in the last 24 hours, the most allowed")]
+    RequestsToday { requester: String, made: u64 },
     #[error("no case {0}")]
     NoCase(String),
     #[error("case {case_ref} is {actual}, no longer {expected}; try again")]
@@ -124,15 +127,18 @@ pub trait Store: Send + Sync + 'static {
     /// is taken.
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError>;
     /// Registers a self-service request as [`create_case`](Store::create_case)
-    /// does, unless its requester already has `max_open` or more self-service
-    /// cases that are not closed, rejected, cancelled or expired:
-    /// [`StoreError::TooManyRequests`], nothing written. The count and the
-    /// insert are one transaction, serialised with every other registration
-    /// (so concurrent requests of one person never pass the limit together).
-    async fn create_request(&self, case: NewCase, event: NewEvent, max_open: u64) -> Result<EventRecord, StoreError>;
-    /// A requester's self-service cases (those registered with
-    /// `self_service` set), oldest first.
-    async fn list_requests(&self, requester: &str) -> Result<Vec<CaseRecord>, StoreError>;
+    /// does, unless its requester already has `limits.open` or more
+    /// self-service cases that are not closed, rejected, cancelled or expired
+    /// ([`StoreError::TooManyRequests`]), or registered `limits.per_day` or
+    /// more self-service cases in the last 24 hours, whatever became of them
+    /// ([`StoreError::RequestsToday`]); then nothing is written. The counts
+    /// and the insert are one transaction, serialised with the requester's
+    /// other registrations (so concurrent requests of one person never pass
+    /// a limit together).
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError>;
+    /// The `limit` most recent of a requester's self-service cases (those
+    /// registered with `self_service` set), oldest first.
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError>;
     /// The case as last committed, or `None`.
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError>;
     /// The case's files in registration order (empty for an unknown case).
@@ -223,6 +229,45 @@ pub trait Store: Send + Sync + 'static {
     /// not a list of changes. A missed change is caught by looking again
     /// periodically.
     fn case_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The limits [`Store::create_request`] keeps per requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Self-service cases not yet closed, rejected, cancelled or expired.
+    pub open: u64,
+    /// Self-service cases registered in the last 24 hours.
+    pub per_day: u64,
+}
+
+impl RequestLimits {
+    /// Refuses a new request of `requester`, who has `open` live requests
+    /// and made `today` in the last 24 hours, when that reaches a limit.
+    pub fn check(&self, requester: &str, open: i64, today: i64) -> Result<(), StoreError> {
+        let (open, today) = (open.max(0) as u64, today.max(0) as u64);
+        if open >= self.open {
+            return Err(StoreError::TooManyRequests {
+                requester: requester.to_string(),
+                open,
+            });
+        }
+        if today >= self.per_day {
+            return Err(StoreError::RequestsToday {
+                requester: requester.to_string(),
+                made: today,
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest `created_at` (RFC 3339, UTC) that counts for `per_day`.
+    pub fn day_ago() -> String {
+        let t = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        t.replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// How [`Store::record_access`] recorded an access.

@@ -6,7 +6,7 @@
 //! new cases, so the check that a live case's files do not change holds.
 
 use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record, unsealed_sql};
-use super::{CaseRecord, ImportSummary, NewCase, Recorded, Store, StoreError};
+use super::{CaseRecord, ImportSummary, NewCase, Recorded, RequestLimits, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -75,6 +75,7 @@ fn is_refusal(e: &StoreError) -> bool {
     match e {
         StoreError::Exists(_)
         | StoreError::TooManyRequests { .. }
+        | StoreError::RequestsToday { .. }
         | StoreError::NoCase(_)
         | StoreError::Conflict { .. }
         | StoreError::Busy(_)
@@ -826,7 +827,7 @@ impl Store for PgStore {
         finish(tx, &case_ref, result).await
     }
 
-    async fn create_request(&self, case: NewCase, event: NewEvent, max_open: u64) -> Result<EventRecord, StoreError> {
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError> {
         let case_ref = case.case_ref.clone();
         let mut tx = Tx::begin(&self.pool).await?;
         let result = async {
@@ -835,29 +836,31 @@ impl Store for PgStore {
                 .bind(format!("workcopy request {}", case.requester))
                 .execute(&mut *tx)
                 .await?;
-            let open: i64 = sqlx::query_scalar(&format!(
-                "SELECT COUNT(*) FROM cases WHERE requester = $1 AND self_service IS NOT NULL AND state IN {LIVE}"
+            let (open, today): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT COALESCE(SUM(CASE WHEN state IN {LIVE} THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) \
+                 FROM cases WHERE requester = $1 AND self_service IS NOT NULL"
             ))
             .bind(&case.requester)
+            .bind(RequestLimits::day_ago())
             .fetch_one(&mut *tx)
             .await?;
-            if open.max(0) as u64 >= max_open {
-                return Err(StoreError::TooManyRequests {
-                    requester: case.requester,
-                    open: open as u64,
-                });
-            }
+            limits.check(&case.requester, open, today)?;
             Self::try_create_case(&mut tx, case, event).await
         }
         .await;
         finish(tx, &case_ref, result).await
     }
 
-    async fn list_requests(&self, requester: &str) -> Result<Vec<CaseRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL ORDER BY created_at, ref")
-            .bind(requester)
-            .fetch_all(&self.pool)
-            .await?;
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL \
+             ORDER BY created_at DESC, ref DESC LIMIT $2) AS recent ORDER BY created_at, ref",
+        )
+        .bind(requester)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(case_record).collect()
     }
 

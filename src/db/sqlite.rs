@@ -3,7 +3,7 @@
 //! the last commit and no other write interleaves, however many connections
 //! write. Reads use a small pool of read-only connections.
 
-use super::{CaseRecord, ImportSummary, NewCase, Recorded, Store, StoreError};
+use super::{CaseRecord, ImportSummary, NewCase, Recorded, RequestLimits, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -138,6 +138,7 @@ fn is_refusal(e: &StoreError) -> bool {
     match e {
         StoreError::Exists(_)
         | StoreError::TooManyRequests { .. }
+        | StoreError::RequestsToday { .. }
         | StoreError::NoCase(_)
         | StoreError::Conflict { .. }
         | StoreError::Busy(_)
@@ -227,24 +228,22 @@ impl SqliteStore {
         })
     }
 
-    /// Registers a case; for a self-service request (`max_open` given), only
-    /// while its requester has fewer live self-service cases.
-    async fn create(&self, case: NewCase, event: NewEvent, max_open: Option<u64>) -> Result<EventRecord, StoreError> {
+    /// Registers a case; for a self-service request (`limits` given), only
+    /// within its requester's limits.
+    async fn create(&self, case: NewCase, event: NewEvent, limits: Option<RequestLimits>) -> Result<EventRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let result = async {
-            if let Some(max) = max_open {
-                let open: i64 = sqlx::query_scalar(&format!(
-                    "SELECT COUNT(*) FROM cases WHERE requester = $1 AND self_service IS NOT NULL AND state IN {LIVE}"
+            if let Some(limits) = limits {
+                let (open, today): (i64, i64) = sqlx::query_as(&format!(
+                    "SELECT COALESCE(SUM(CASE WHEN state IN {LIVE} THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) \
+                     FROM cases WHERE requester = $1 AND self_service IS NOT NULL"
                 ))
                 .bind(&case.requester)
+                .bind(RequestLimits::day_ago())
                 .fetch_one(&mut *tx)
                 .await?;
-                if open.max(0) as u64 >= max {
-                    return Err(StoreError::TooManyRequests {
-                        requester: case.requester,
-                        open: open as u64,
-                    });
-                }
+                limits.check(&case.requester, open, today)?;
             }
             Self::try_create_case(&mut tx, case, event).await
         }
@@ -861,15 +860,19 @@ impl Store for SqliteStore {
         self.create(case, event, None).await
     }
 
-    async fn create_request(&self, case: NewCase, event: NewEvent, max_open: u64) -> Result<EventRecord, StoreError> {
-        self.create(case, event, Some(max_open)).await
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError> {
+        self.create(case, event, Some(limits)).await
     }
 
-    async fn list_requests(&self, requester: &str) -> Result<Vec<CaseRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL ORDER BY created_at, ref")
-            .bind(requester)
-            .fetch_all(&self.reader)
-            .await?;
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL \
+             ORDER BY created_at DESC, ref DESC LIMIT $2) AS recent ORDER BY created_at, ref",
+        )
+        .bind(requester)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(case_record).collect()
     }
 

@@ -21,7 +21,7 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
         match e {
             StoreError::Exists(_) | StoreError::Conflict { .. } | StoreError::Busy(_) => refuse(RefusalKind::State, e.to_string()),
-            StoreError::TooManyRequests { .. } => refuse(RefusalKind::Limit, e.to_string()),
+            StoreError::TooManyRequests { .. } | StoreError::RequestsToday { .. } => refuse(RefusalKind::Limit, e.to_string()),
             StoreError::NoCase(_) => refuse(RefusalKind::NotFound, e.to_string()),
             StoreError::Catalog(_) => refuse(RefusalKind::Invalid, e.to_string()),
             StoreError::Db(_)
@@ -252,5 +252,65 @@ impl Service {
             Role::Transfer { department } if case.department.as_deref() == Some(department.as_str()) => Ok(case),
             _ => Err(not_found(r.as_str())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A requester may search and request; everything else is refused
+    /// before it is looked at (a request added later too: the list is of
+    /// what is allowed).
+    #[test]
+    fn requesters_may_make_self_service_requests_only() {
+        let allowed = [
+            Request::RequestOpen {
+                case_ref: None,
+                descriptors: vec!["F1".into()],
+            },
+            Request::RequestList,
+            Request::RequestShow { case_ref: "R".into() },
+            Request::RequestCancel { case_ref: "R".into() },
+            Request::CatalogSearch {
+                pattern: None,
+                sample: None,
+                since: None,
+            },
+        ];
+        assert!(allowed.iter().all(for_requesters));
+        let refused = [
+            Request::Status,
+            Request::CatalogImport,
+            Request::CatalogShow { descriptor: "F1".into() },
+            Request::CaseApprove {
+                case_ref: "R".into(),
+                host: None,
+            },
+            Request::CaseReject {
+                case_ref: "R".into(),
+                reason: "x".into(),
+            },
+            Request::CaseConfirm {
+                case_ref: "R".into(),
+                sha256sums: String::new(),
+            },
+            Request::CaseClose {
+                case_ref: "R".into(),
+                force: true,
+                reason: None,
+            },
+            Request::CaseList { state: None },
+            Request::CaseShow { case_ref: "R".into() },
+            Request::CaseLog {
+                case_ref: "R".into(),
+                since: None,
+                limit: None,
+            },
+            Request::AuditVerify,
+            Request::Reload,
+            Request::Hosts,
+        ];
+        assert!(!refused.iter().any(for_requesters));
     }
 }

@@ -10,7 +10,7 @@ use super::Service;
 use super::request::{parse_ref, refuse};
 use crate::audit::{Actor, EventKind, NewEvent};
 use crate::control::proto::{Refusal, RefusalKind, Reply, Response};
-use crate::db::{Store, StoreError};
+use crate::db::{RequestLimits, Store, StoreError};
 use crate::domain::case::{Action, CaseRecord, NewCase, Role};
 use crate::domain::catalog::CatalogFile;
 use crate::domain::directory::{Directory, SelfService};
@@ -32,6 +32,15 @@ const SEARCH_EXAMINED: usize = 20 * SEARCH_PAGE as usize;
 const REF_ATTEMPTS: usize = 8;
 /// Open requests a limit refusal names.
 const NAMED_OPEN: usize = 10;
+/// Requests `request list` shows: the most recent.
+pub(super) const LISTED: u32 = 500;
+/// The longest descriptor a request takes (no GDB path is longer).
+const MAX_DESCRIPTOR: usize = 4096;
+
+/// Requesters' searches run two at a time, whoever asks: a search that
+/// matches little reads a whole name index, and requesters (who may be
+/// hostile) must leave the store's readers to staff and the mount.
+static REQUESTER_SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Who a requester is, for the handlers below.
 struct Me<'a> {
@@ -176,6 +185,15 @@ impl Service {
                 "the request names no files: give descriptors (file_id, path or base name; `workcopy catalog search` finds them) or --files-from",
             ));
         }
+        if let Some(d) = descriptors.iter().find(|d| d.len() > MAX_DESCRIPTOR) {
+            return Err(refuse(
+                RefusalKind::Invalid,
+                format!(
+                    "a descriptor of {} bytes is longer than any GDB path ({MAX_DESCRIPTOR} bytes)",
+                    d.len()
+                ),
+            ));
+        }
         if descriptors.len() > max {
             return Err(refuse(
                 RefusalKind::Limit,
@@ -186,6 +204,10 @@ impl Service {
             ));
         }
         let limit = self.cfg.max_open_requests_per_user as u64;
+        let limits = RequestLimits {
+            open: limit,
+            per_day: self.cfg.max_requests_per_user_per_day as u64,
+        };
         // Checked before the look-ups, and again as the case is registered.
         self.open_requests_allow(me.user, limit).await?;
         let (form, report, files) = self.verify_request(&dir, me.user, me.department, descriptors).await?;
@@ -216,7 +238,7 @@ impl Service {
                 self_service: Some(policy),
             };
             let event = NewEvent::new(actor, EventKind::Opened, details.clone());
-            match self.store.create_request(case, event, limit).await {
+            match self.store.create_request(case, event, limits).await {
                 Ok(_) => break r,
                 Err(StoreError::Exists(_)) if given.is_none() && attempt < REF_ATTEMPTS => continue,
                 Err(StoreError::Exists(_)) if given.is_some() => {
@@ -228,6 +250,16 @@ impl Service {
                 Err(StoreError::TooManyRequests { .. }) => {
                     self.open_requests_allow(me.user, limit).await?;
                     return Err(self.too_many(me.user, limit, &[]));
+                }
+                Err(StoreError::RequestsToday { made, .. }) => {
+                    return Err(refuse(
+                        RefusalKind::Limit,
+                        format!(
+                            "max_requests_per_user_per_day: {} made {made} requests in the last 24 hours, the most allowed; \
+                             try again later (each counts for 24 hours), or ask workcopy staff",
+                            me.user
+                        ),
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -253,7 +285,7 @@ impl Service {
     async fn open_requests_allow(&self, user: &str, limit: u64) -> Result<(), Refusal> {
         let open: Vec<CaseRecord> = self
             .store
-            .list_requests(user)
+            .list_requests(user, LISTED)
             .await?
             .into_iter()
             .filter(|c| !c.state.is_terminal())
@@ -296,7 +328,7 @@ impl Service {
     pub(super) async fn request_list(&self, role: &Role) -> Response {
         let me = requester(role, "request list")?;
         Ok(Reply::Cases {
-            cases: self.store.list_requests(me.user).await?,
+            cases: self.store.list_requests(me.user, LISTED).await?,
         })
     }
 
@@ -326,6 +358,7 @@ impl Service {
         sample: Option<String>,
         since: Option<String>,
     ) -> Response {
+        let mut _turn = None;
         let departments = match role {
             Role::Staff => None,
             Role::Requester { department, .. } => {
@@ -333,6 +366,12 @@ impl Service {
                 if dir.department(department).map(|d| d.self_service).unwrap_or_default() == SelfService::Off {
                     return Err(off(department));
                 }
+                _turn = Some(
+                    REQUESTER_SEARCHES
+                        .acquire()
+                        .await
+                        .map_err(|e| refuse(RefusalKind::Internal, e.to_string()))?,
+                );
                 Some(group_of(&dir, department))
             }
             _ => {

@@ -372,7 +372,7 @@ fn search_is_confined_to_the_requesters_group() {
 fn generated_refs_limits_and_cancel() {
     let env = ready("review", "review", "off", |o| {
         o.max_files_per_case = Some(3);
-        o.extra_config = "max_open_requests_per_user = 2\n".into();
+        o.extra_config = "max_open_requests_per_user = 2\nmax_requests_per_user_per_day = 4\n".into();
     });
     let (first, r1) = request(&env, CAROL_, &["GDB-0001"]);
     first.ok();
@@ -449,6 +449,13 @@ fn generated_refs_limits_and_cancel() {
     assert_eq!(env.state_of(&r2), "cancelled");
     assert!(!env.staging_dir(&r2).exists() && !env.mnt.join(&r2).exists());
     env.cli(&["case", "approve", &r2]).fails().stderr_has("cancelled");
+    // Opening and cancelling over and over: a fourth request in a day, and no more.
+    let (_, r4) = request(&env, CAROL_, &["GDB-0004"]);
+    env.cli_as(CAROL_, &["request", "cancel", &r4]).ok();
+    env.cli_as(CAROL_, &["request", "open", "GDB-0005"])
+        .fails()
+        .stderr_has("max_requests_per_user_per_day")
+        .stderr_has("4 requests in the last 24 hours");
 }
 
 #[test]
