@@ -20,6 +20,21 @@ Exit status: 0 on success, 1 when the daemon refused or a check failed,
 2 on a usage error, 3 when the daemon cannot be reached, 78 when `serve`
 or `config check` finds the config or the directory wrong.";
 
+const EVENTS_HELP: &str = "\
+Each record of every case log has a feed number: 1, 2, 3, … in the order the
+records were committed, without gaps, kept across restarts. A script that
+remembers the last number it handled resumes after it with --since, and with
+--follow is told of new records as they commit. A line reads
+  SEQ  TIME  REF #N  EVENT  ACTOR (UID)  DETAILS
+where N is the record's number in the case's own log. With --json each line is
+an object: seq, case_ref, case_seq, at, actor, uid, event, details, prev_hash, hash.
+State changes are the events opened, approved, exported, blocked, rejected,
+received, closed and expired; scripts/workcopy-notify-example acts on them.
+
+Examples:
+  workcopy events --since 1200                      # what happened after record 1200
+  workcopy events --follow --json --since \"$(cat /var/lib/notify/last-seq)\"";
+
 #[derive(Parser, Debug)]
 #[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]
 pub struct Cli {
@@ -51,6 +66,19 @@ pub enum Command {
     /// Check the case logs' hash chains
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Every case-log record of every case, in commit order, numbered (staff)
+    #[command(after_help = EVENTS_HELP)]
+    Events {
+        /// Only records after this feed number (the last one a script saw)
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Go on printing records as they are committed, until interrupted
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line, with the feed number as `seq`
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the daemon read the directory again (staff); fails with the reason when it is refused
     #[command(
         after_help = "A refused directory leaves the previous one in force. The unit's ExecReload=\nruns this, so `systemctl reload workcopy` fails when the directory is refused.\n\nExample:\n  workcopy config check && workcopy reload"

@@ -9,6 +9,7 @@ mod case;
 mod catalog;
 mod config;
 mod docs;
+mod events;
 mod render;
 mod status;
 
@@ -218,6 +219,14 @@ mod reply {
             _ => None,
         }
     }
+
+    /// A frame of the feed, and whether more frames follow.
+    pub(super) fn events(r: Reply) -> Option<(Vec<crate::db::FeedRecord>, bool)> {
+        match r {
+            Reply::Events { records, more } => Some((records, more)),
+            _ => None,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -237,6 +246,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+        Command::Events { since, follow, json } => events::run(&cli, *since, *follow, *json),
         Command::Reload => config::reload(&cli),
         Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
     }

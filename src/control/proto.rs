@@ -8,6 +8,7 @@
 
 use crate::audit::EventRecord;
 use crate::config::Mode;
+use crate::db::FeedRecord;
 use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
@@ -22,6 +23,8 @@ pub const MAX_REPLY: usize = 64 << 20;
 pub const LOG_PAGE_DEFAULT: u32 = 1000;
 /// The most records one `case log` reply holds.
 pub const LOG_PAGE_MAX: u32 = 10_000;
+/// The most records one frame of an `events` reply holds.
+pub const FEED_FRAME_RECORDS: u32 = 500;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -70,6 +73,16 @@ pub enum Request {
     AuditVerify,
     /// Read the directory file again (what `systemctl reload` asks for).
     Reload,
+    /// The feed: every case-log record with a feed number above `since`, in
+    /// feed order. The reply is a stream of [`Reply::Events`] frames on the
+    /// connection, the last with `more: false`; with `follow` it never ends
+    /// (frames come as records commit) until the client hangs up.
+    Events {
+        #[serde(default)]
+        since: u64,
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 impl Request {
@@ -88,6 +101,7 @@ impl Request {
             Request::CaseLog { .. } => "case log",
             Request::AuditVerify => "audit verify",
             Request::Reload => "reload",
+            Request::Events { .. } => "events",
         }
     }
 
@@ -106,7 +120,8 @@ impl Request {
             | Request::CatalogShow { .. }
             | Request::CaseList { .. }
             | Request::AuditVerify
-            | Request::Reload => None,
+            | Request::Reload
+            | Request::Events { .. } => None,
         }
     }
 }
@@ -230,6 +245,11 @@ pub enum Reply {
     Reloaded {
         departments: usize,
     },
+    /// One frame of the feed; `more` when further frames follow on the connection.
+    Events {
+        records: Vec<FeedRecord>,
+        more: bool,
+    },
 }
 
 pub type Response = Result<Reply, Refusal>;
@@ -261,6 +281,7 @@ mod tests {
                 state: Some(CaseState::Exported),
             },
             Request::Reload,
+            Request::Events { since: 42, follow: true },
         ];
         for r in reqs {
             let text = serde_json::to_string(&r).unwrap_or_default();
@@ -268,5 +289,9 @@ mod tests {
             assert_eq!(back.ok(), Some(r));
         }
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"events"}"#).ok(),
+            Some(Request::Events { since: 0, follow: false })
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! message gets an error reply and closes that connection only.
 
 use super::frame::{FrameError, MAX_FDS, encode, recv_with_fds};
-use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Request, Response};
+use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Reply, Request, Response};
 use crate::domain::case::Role;
 use crate::service::{Caller, Service};
 use crate::sync::Cancel;
@@ -20,6 +20,9 @@ const IDLE: Duration = Duration::from_secs(120);
 /// How long a reply may take to be written: a client that does not read
 /// gives its connection up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a feed follower with nothing new looks at the feed anyway,
+/// should a prompt of the store's have been missed.
+const FEED_RECHECK: Duration = Duration::from_secs(60);
 
 /// Binds the socket: removes a stale socket file, makes the parent
 /// directory, and opens the file to everyone (authorization is by credentials).
@@ -240,6 +243,15 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
                 return;
             }
         };
+        if let Request::Events { since, follow } = request {
+            match stream_events(stream, svc, &caller, since, follow).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    debug!(uid = caller.uid, error = %e, "feed reader gone");
+                    return;
+                }
+            }
+        }
         // The request runs to its end (a half-done state change is worse than
         // a wasted one), but long work stops when the client hangs up.
         let cancel = Cancel::default();
@@ -265,6 +277,57 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
         };
         if reply(stream, &response).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Streams the feed after `since` as [`Reply::Events`] frames. Without
+/// `follow` it ends with the frame that reaches the head read at the start
+/// (`more: false`), and the connection takes the next request; with
+/// `follow` it goes on as records commit, until the client hangs up (`Err`).
+///
+/// Bounded: one frame at a time is read from the store and written, so a
+/// client that reads slowly holds the stream back, and one that stops
+/// reading loses its connection after [`WRITE_TIMEOUT`]. While there is
+/// nothing to send, no write is pending and the follower may wait for ever.
+async fn stream_events(stream: &mut UnixStream, svc: &Arc<Service>, caller: &Caller, since: u64, follow: bool) -> std::io::Result<()> {
+    // Marked seen before each read of the feed, so no commit falls between
+    // an empty page and the wait.
+    let mut prompt = svc.store().committed();
+    prompt.borrow_and_update();
+    let end = match svc.open_feed(caller, since, follow).await {
+        Ok(head) => head,
+        Err(refusal) => return reply(stream, &Err(refusal)).await,
+    };
+    let mut after = since;
+    loop {
+        prompt.borrow_and_update();
+        let records = match svc.feed_frame(after).await {
+            Ok(r) => r,
+            Err(refusal) => return reply(stream, &Err(refusal)).await,
+        };
+        if let Some(last) = records.last() {
+            after = last.feed_seq;
+        }
+        let caught_up = records.is_empty();
+        let done = !follow && (caught_up || after >= end);
+        if !caught_up || done {
+            reply(stream, &Ok(Reply::Events { records, more: !done })).await?;
+        }
+        if done {
+            return Ok(());
+        }
+        if !caught_up {
+            continue;
+        }
+        tokio::select! {
+            changed = prompt.changed() => {
+                if changed.is_err() {
+                    return Err(std::io::Error::other("the store closed"));
+                }
+            }
+            _ = peer_gone(stream) => return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            _ = tokio::time::sleep(FEED_RECHECK) => {}
         }
     }
 }

@@ -11,6 +11,7 @@ mod access_log;
 mod admin;
 mod caselog;
 mod cases;
+mod feed;
 mod jobs;
 mod lifecycle;
 mod recovery;

@@ -170,6 +170,14 @@ impl Service {
                 staff_only("audit verify")?;
                 self.audit_verify().await
             }
+            // The control server streams the feed itself (`Service::open_feed`).
+            Request::Events { .. } => {
+                staff_only("events")?;
+                Err(refuse(
+                    RefusalKind::Invalid,
+                    "the feed is a streamed reply; read it with `workcopy events`",
+                ))
+            }
             Request::Reload => {
                 staff_only("reload")?;
                 self.reload_directory().await.map_err(|e| {

@@ -6,7 +6,7 @@
 //! systemd booted as PID 1 in private namespaces (`systemd_boot`); hostile
 //! local accounts (`abuse`); a full disk, an unwritable database and damaged
 //! staged copies (`faults`); the CLI's output against checked-in snapshots
-//! (`snapshot`) and into a closed pipe (`cli_pipe`).
+//! (`snapshot`) and into a closed pipe (`cli_pipe`); the event feed (`feed`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -16,6 +16,7 @@ mod abuse;
 mod cli_pipe;
 mod common;
 mod faults;
+mod feed;
 mod mount;
 mod regional;
 mod register;
