@@ -230,6 +230,7 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(svc.clone().fold_counted_accesses());
+    tokio::spawn(svc.clone().audit_periodically());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

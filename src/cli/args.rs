@@ -35,6 +35,18 @@ Examples:
   workcopy events --since 1200                      # what happened after record 1200
   workcopy events --follow --json --since \"$(cat /var/lib/notify/last-seq)\"";
 
+const METRICS_HELP: &str = "\
+Cases per state and since when, case-log records, file opens, bytes served,
+staging work, verification failures, refusals, the last audit, whether the
+database answers; every sample carries the host. When no daemon answers, the
+output is workcopy_up 0 and the exit status 3. The shipped
+workcopy-metrics.timer writes them for node_exporter's textfile collector
+every 15 s; doc/OPERATIONS.md lists every metric and example alert rules.
+
+Examples:
+  workcopy metrics
+  workcopy metrics --output /var/lib/prometheus/node-exporter/workcopy.prom";
+
 #[derive(Parser, Debug)]
 #[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]
 pub struct Cli {
@@ -78,6 +90,14 @@ pub enum Command {
         /// One JSON object per line, with the feed number as `seq`
         #[arg(long)]
         json: bool,
+    },
+    /// The daemon's metrics as OpenMetrics text, for Prometheus (staff)
+    #[command(after_help = METRICS_HELP)]
+    Metrics {
+        /// Write them into this file instead of standard output, atomically
+        /// (a temporary file in the same directory, renamed over it)
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// Make the daemon read the directory again (staff); fails with the reason when it is refused
     #[command(

@@ -10,6 +10,7 @@ mod catalog;
 mod config;
 mod docs;
 mod events;
+mod metrics;
 mod render;
 mod status;
 
@@ -220,6 +221,13 @@ mod reply {
         }
     }
 
+    pub(super) fn metrics(r: Reply) -> Option<Box<crate::control::proto::MetricsReply>> {
+        match r {
+            Reply::Metrics(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// A frame of the feed, and whether more frames follow.
     pub(super) fn events(r: Reply) -> Option<(Vec<crate::db::FeedRecord>, bool)> {
         match r {
@@ -247,6 +255,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
         Command::Events { since, follow, json } => events::run(&cli, *since, *follow, *json),
+        Command::Metrics { output } => metrics::run(&cli, output.as_deref()),
         Command::Reload => config::reload(&cli),
         Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
     }

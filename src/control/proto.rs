@@ -8,7 +8,7 @@
 
 use crate::audit::EventRecord;
 use crate::config::Mode;
-use crate::db::FeedRecord;
+use crate::db::{FeedRecord, StateSummary};
 use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
@@ -73,6 +73,8 @@ pub enum Request {
     AuditVerify,
     /// Read the directory file again (what `systemctl reload` asks for).
     Reload,
+    /// The daemon's counters and the register's gauges, for `workcopy metrics`.
+    Metrics,
     /// The feed: every case-log record with a feed number above `since`, in
     /// feed order. The reply is a stream of [`Reply::Events`] frames on the
     /// connection, the last with `more: false`; with `follow` it never ends
@@ -102,6 +104,7 @@ impl Request {
             Request::AuditVerify => "audit verify",
             Request::Reload => "reload",
             Request::Events { .. } => "events",
+            Request::Metrics => "metrics",
         }
     }
 
@@ -121,7 +124,8 @@ impl Request {
             | Request::CaseList { .. }
             | Request::AuditVerify
             | Request::Reload
-            | Request::Events { .. } => None,
+            | Request::Events { .. }
+            | Request::Metrics => None,
         }
     }
 }
@@ -149,6 +153,29 @@ pub enum RefusalKind {
     Failed,
     /// Something went wrong inside the daemon.
     Internal,
+}
+
+impl RefusalKind {
+    pub const ALL: [RefusalKind; 6] = [
+        RefusalKind::Denied,
+        RefusalKind::NotFound,
+        RefusalKind::Invalid,
+        RefusalKind::State,
+        RefusalKind::Failed,
+        RefusalKind::Internal,
+    ];
+
+    /// The name scripts and metrics know it by (as in JSON).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Denied => "denied",
+            RefusalKind::NotFound => "not_found",
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::State => "state",
+            RefusalKind::Failed => "failed",
+            RefusalKind::Internal => "internal",
+        }
+    }
 }
 
 impl Refusal {
@@ -214,6 +241,55 @@ pub struct DeliveredFile {
     pub sha256: String,
 }
 
+/// What `workcopy metrics` shows: this daemon's counters (since it
+/// started) and the register's gauges (`None`/empty when the database could
+/// not be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    /// This daemon's name (the `host` label).
+    pub host: String,
+    pub version: String,
+    pub mode: Mode,
+    pub read_path: Option<ReadPath>,
+    /// When this daemon started (unix seconds).
+    pub started_at: i64,
+    /// Whether the register answered the queries below.
+    pub database_up: bool,
+    pub states: Vec<StateSummary>,
+    /// The feed head: records ever written to the case logs.
+    pub feed_head: Option<u64>,
+    pub file_opens: u64,
+    /// Bytes read through the user-space path (not passthrough).
+    pub served_bytes: u64,
+    pub open_files: u64,
+    /// Bytes of the staged copies on disk now.
+    pub staging_bytes: u64,
+    pub staging_jobs: u64,
+    /// Bytes copied or hashed by staging and by the checks after a start.
+    pub staged_bytes: u64,
+    /// Time spent by that work, in nanoseconds.
+    pub staging_nanos: u64,
+    /// Files whose bytes did not match the catalog, by when they were
+    /// checked (`staging`, `restart`).
+    pub verification_failures: Vec<(String, u64)>,
+    pub refusals: Vec<(RefusalKind, u64)>,
+    /// Connections closed because their uid held too many.
+    pub connections_refused: u64,
+    /// The last check of every case log (`audit verify` or the daemon's own).
+    pub audit: Option<AuditStatus>,
+}
+
+/// The outcome of the last check of every case log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// When it finished (unix seconds).
+    pub at: i64,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
+    pub checked_logs: u64,
+    pub failed_logs: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub cases: u64,
@@ -250,6 +326,7 @@ pub enum Reply {
         records: Vec<FeedRecord>,
         more: bool,
     },
+    Metrics(Box<MetricsReply>),
 }
 
 pub type Response = Result<Reply, Refusal>;

@@ -112,6 +112,7 @@ pub async fn run(listener: UnixListener, svc: Arc<Service>) {
                         Some(s) => Some(s),
                         None => {
                             warn!(uid = cred.uid(), "too many connections from this uid; closing a new one");
+                            svc.counters.connection_refused();
                             discard_stream(stream);
                             continue;
                         }
@@ -203,7 +204,7 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
     // Anyone who is neither staff nor a transfer account gets one answer and
     // nothing else: no request is read, no memory is spent on it.
     if svc.role(&caller) == Role::Nobody {
-        let _ = reply(stream, &Err(svc.refuse_nobody(&caller))).await;
+        let _ = reply(stream, &Err(refused(svc, svc.refuse_nobody(&caller)))).await;
         return;
     }
     loop {
@@ -211,19 +212,14 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
         let frame = match tokio::time::timeout(IDLE, read_frame(stream, MAX_REQUEST, received)).await {
             Err(_) | Ok(Err(FrameError::Closed)) => return,
             Ok(Err(FrameError::TooLarge(n, max))) => {
-                let _ = reply(
-                    stream,
-                    &Err(Refusal::new(
-                        RefusalKind::Invalid,
-                        format!("request of {n} bytes exceeds the limit of {max}"),
-                    )),
-                )
-                .await;
+                let refusal = Refusal::new(RefusalKind::Invalid, format!("request of {n} bytes exceeds the limit of {max}"));
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
             Ok(Err(FrameError::TooManyFds)) => {
                 warn!(uid = caller.uid, "request with too many file descriptors refused");
-                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string()))).await;
+                let refusal = Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string());
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
             Ok(Err(FrameError::Io(e))) => {
@@ -239,7 +235,8 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
             Ok(r) => r,
             Err(e) => {
                 warn!(uid = caller.uid, "malformed request");
-                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}")))).await;
+                let refusal = Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}"));
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
         };
@@ -279,6 +276,12 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
             return;
         }
     }
+}
+
+/// A refusal the server itself sends, counted for `metrics` like the service's.
+fn refused(svc: &Service, refusal: Refusal) -> Refusal {
+    svc.counters.refused(refusal.kind);
+    refusal
 }
 
 /// Streams the feed after `since` as [`Reply::Events`] frames. Without

@@ -23,7 +23,10 @@ impl Service {
         let opened = self.try_open_feed(caller, since).await;
         match &opened {
             Ok(head) => info!(op = "events", uid = caller.uid, since, follow, head, "streaming"),
-            Err(r) => info!(op = "events", uid = caller.uid, kind = ?r.kind, "refused"),
+            Err(r) => {
+                info!(op = "events", uid = caller.uid, kind = ?r.kind, "refused");
+                self.counters.refused(r.kind);
+            }
         }
         opened
     }

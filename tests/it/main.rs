@@ -6,7 +6,9 @@
 //! systemd booted as PID 1 in private namespaces (`systemd_boot`); hostile
 //! local accounts (`abuse`); a full disk, an unwritable database and damaged
 //! staged copies (`faults`); the CLI's output against checked-in snapshots
-//! (`snapshot`) and into a closed pipe (`cli_pipe`); the event feed (`feed`).
+//! (`snapshot`) and into a closed pipe (`cli_pipe`); the event feed (`feed`)
+//! and the support-system script that follows it (`notify`); the metrics and
+//! the alert rules, through Prometheus' `promtool` (`metrics`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -17,7 +19,9 @@ mod cli_pipe;
 mod common;
 mod faults;
 mod feed;
+mod metrics;
 mod mount;
+mod notify;
 mod regional;
 mod register;
 mod snapshot;
