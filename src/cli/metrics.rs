@@ -266,11 +266,86 @@ pub(super) fn render_down(o: &mut impl Write, host: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::proto::RefusalKind;
 
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(label("x\ny"), r"x\ny");
+    }
+
+    fn reply(database_up: bool) -> MetricsReply {
+        use crate::db::StateSummary;
+        use crate::domain::case::CaseState;
+        MetricsReply {
+            host: "t\"1".into(),
+            version: "0.1.0".into(),
+            mode: crate::config::Mode::Staged,
+            read_path: None,
+            started_at: 1_700_000_000,
+            database_up,
+            states: if database_up {
+                CaseState::ALL
+                    .iter()
+                    .map(|s| StateSummary {
+                        state: *s,
+                        cases: u64::from(*s == CaseState::Blocked),
+                        oldest_since: (*s == CaseState::Blocked).then_some(1_700_000_100),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            feed_head: database_up.then_some(42),
+            file_opens: 3,
+            served_bytes: 4,
+            open_files: 0,
+            staging_bytes: 5,
+            staging_jobs: 0,
+            staged_bytes: 6,
+            staging_nanos: 1_500_000_000,
+            verification_failures: vec![("staging".into(), 1), ("restart".into(), 0)],
+            refusals: RefusalKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            connections_refused: 0,
+            audit: None,
+        }
+    }
+
+    fn text(m: &MetricsReply) -> String {
+        let mut out = Vec::new();
+        assert!(render(&mut out, m).is_ok());
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_register_s_metrics_only_when_its_database_answers() {
+        let up = text(&reply(true));
+        assert!(up.contains("workcopy_database_up{host=\"t\\\"1\"} 1\n"), "{up}");
+        assert!(up.contains("workcopy_cases{host=\"t\\\"1\",state=\"blocked\"} 1\n"), "{up}");
+        assert!(up.contains("state=\"blocked\"} 1700000100\n"), "{up}");
+        assert!(up.contains("workcopy_case_log_records_total{host=\"t\\\"1\"} 42\n"), "{up}");
+        assert!(up.contains("workcopy_staging_seconds_total{host=\"t\\\"1\"} 1.500\n"), "{up}");
+        assert!(!up.contains("workcopy_audit_"), "{up}");
+        let down = text(&reply(false));
+        assert!(down.contains("workcopy_database_up{host=\"t\\\"1\"} 0\n"), "{down}");
+        assert!(
+            !down.contains("workcopy_cases") && !down.contains("workcopy_case_log_records_total"),
+            "{down}"
+        );
+        assert!(down.contains("workcopy_file_opens_total") && down.ends_with("# EOF\n"), "{down}");
+        // Every family is declared once, with its help, before its samples.
+        for t in [&up, &down] {
+            let mut declared = std::collections::HashSet::new();
+            for line in t.lines() {
+                if let Some(rest) = line.strip_prefix("# TYPE ") {
+                    let name = rest.split(' ').next().unwrap_or_default();
+                    assert!(declared.insert(name.to_string()), "{name} declared twice");
+                } else if !line.starts_with('#') {
+                    let name = line.split('{').next().unwrap_or_default();
+                    assert!(declared.contains(name), "{name} sampled before it is declared");
+                }
+            }
+        }
     }
 
     #[test]
