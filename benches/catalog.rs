@@ -1,7 +1,11 @@
 //! The catalog at national scale: an import of 1,000,000 rows and descriptor
 //! resolution against that catalog.
 //!
-//! `cargo bench --bench catalog [-- --rows N --runs N --lookups N]`
+//! `cargo bench --bench catalog [-- --rows N --runs N --lookups N] [--postgres]`
+//!
+//! `--postgres` measures the PostgreSQL store instead of SQLite: a throw-away
+//! server from `scripts/pg-test-server` (root: it runs as the `postgres`
+//! user), a fresh database per run.
 //!
 //! Generates a realistic catalog TSV (deterministic: the same rows every run),
 //! then measures in one process: parsing (`parse_catalog`), the store import
@@ -24,10 +28,10 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
-use workcopy::db::sqlite::SqliteStore;
 use workcopy::db::{ImportSummary, Store};
 use workcopy::domain::catalog::parse_catalog;
 use workcopy::domain::directory::Directory;
@@ -71,6 +75,7 @@ struct Opts {
     write_tsv: Option<PathBuf>,
     write_directory: Option<PathBuf>,
     write_descriptors: Option<PathBuf>,
+    postgres: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -84,6 +89,7 @@ fn parse_args() -> Result<Opts> {
         write_tsv: None,
         write_directory: None,
         write_descriptors: None,
+        postgres: args.iter().any(|a| a == "--postgres"),
     };
     if bench {
         if let Ok(v) = std::env::var("WORKCOPY_BENCH_ROWS") {
@@ -414,7 +420,7 @@ struct ImportRun {
     summary: ImportSummary,
 }
 
-fn import_once(rt: &tokio::runtime::Runtime, store: &SqliteStore, tsv: &Path, dir: &Directory) -> Result<ImportRun> {
+fn import_once(rt: &tokio::runtime::Runtime, store: &Arc<dyn Store>, tsv: &Path, dir: &Directory) -> Result<ImportRun> {
     let t0 = Instant::now();
     let rows = parse_file(tsv, dir)?;
     let parse = t0.elapsed().as_secs_f64();
@@ -428,9 +434,77 @@ fn import_once(rt: &tokio::runtime::Runtime, store: &SqliteStore, tsv: &Path, di
     })
 }
 
-async fn open_store(db: &Path) -> Result<SqliteStore> {
-    let url = format!("sqlite://{}", db.display());
-    SqliteStore::open(&url).await.with_context(|| format!("cannot open {url}"))
+/// Where each run's fresh database comes from.
+enum Backend {
+    Sqlite,
+    /// A throw-away server (its URL to the `postgres` database, its directory).
+    Postgres {
+        url: String,
+        dir: PathBuf,
+    },
+}
+
+impl Backend {
+    fn start(postgres: bool, tmp: &Path) -> Result<Backend> {
+        if !postgres {
+            return Ok(Backend::Sqlite);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tmp.join("pg");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-server");
+        let out = std::process::Command::new(&script)
+            .arg(&dir)
+            .arg(port.to_string())
+            .arg(std::process::id().to_string())
+            .output()?;
+        if !out.status.success() {
+            bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Backend::Postgres {
+            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres { .. } => "PostgreSQL",
+        }
+    }
+
+    /// A fresh store in `dir` (SQLite) or a new database (PostgreSQL).
+    async fn open(&self, dir: &Path, run: usize) -> Result<Arc<dyn Store>> {
+        let url = match self {
+            Backend::Sqlite => format!("sqlite://{}", dir.join("bench.db").display()),
+            Backend::Postgres { url, .. } => {
+                let name = format!("bench_{run}");
+                let out = std::process::Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        url,
+                        "-c",
+                        &format!("DROP DATABASE IF EXISTS {name}"),
+                        "-c",
+                        &format!("CREATE DATABASE {name}"),
+                    ])
+                    .output()?;
+                if !out.status.success() {
+                    bail!("CREATE DATABASE {name}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                format!("{}/{name}", url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url))
+            }
+        };
+        workcopy::db::open(&url, None).await.with_context(|| format!("cannot open {url}"))
+    }
+
+    fn stop(&self) {
+        if let Backend::Postgres { dir, .. } = self {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-test-server");
+            let _ = std::process::Command::new(script).arg("stop").arg(dir).status();
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -477,10 +551,11 @@ fn main() -> Result<()> {
     })?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let backend = Backend::start(o.postgres, tmp.path())?;
 
     // (a), (b): parse + import into a fresh database, `runs` times.
     let mut runs = Vec::new();
-    let mut last: Option<(SqliteStore, PathBuf)> = None;
+    let mut last: Option<(Arc<dyn Store>, PathBuf)> = None;
     for r in 0..o.runs {
         if let Some((store, db_dir)) = last.take() {
             rt.block_on(async { drop(store) });
@@ -488,7 +563,7 @@ fn main() -> Result<()> {
         }
         let db_dir = tmp.path().join(format!("run{r}"));
         std::fs::create_dir_all(&db_dir)?;
-        let store = rt.block_on(open_store(&db_dir.join("bench.db")))?;
+        let store = rt.block_on(backend.open(&db_dir, r))?;
         let run = import_once(&rt, &store, &tsv, &dir)?;
         if run.summary.added != o.rows || run.summary.catalog_files != o.rows {
             bail!("import {r} added {} of {} rows: {:?}", run.summary.added, o.rows, run.summary);
@@ -546,6 +621,7 @@ fn main() -> Result<()> {
         latencies.push((kind, times));
     }
     rt.block_on(async { drop(store) });
+    backend.stop();
 
     // Report.
     let parse: Vec<f64> = runs.iter().map(|r| r.parse).collect();
@@ -573,7 +649,7 @@ fn main() -> Result<()> {
         tsv_mib,
         thousands(shared)
     );
-    println!("import into a fresh SQLite database, median of {} run(s):", o.runs);
+    println!("import into a fresh {} database, median of {} run(s):", backend.name(), o.runs);
     println!("  {:<26}{:>18}{:>10}   runs (s)", "step", "rate", "seconds");
     for (label, v) in [
         ("parse (parse_catalog)", &parse),
@@ -591,7 +667,9 @@ fn main() -> Result<()> {
         again.parse,
         again.store
     );
-    println!("  on disk after the import: database {db_mib:.1} MiB, its -wal file {wal_mib:.1} MiB");
+    if let Backend::Sqlite = backend {
+        println!("  on disk after the import: database {db_mib:.1} MiB, its -wal file {wal_mib:.1} MiB");
+    }
     println!(
         "resolution, Store::resolve(descriptor, 10), {} look-ups each (µs):",
         thousands(o.lookups as u64)

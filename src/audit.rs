@@ -55,10 +55,12 @@ pub enum EventKind {
     Hidden,
     /// The last record of a finished case.
     Sealed,
+    /// Another host serves the case from now on (`case move`).
+    Moved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Opened,
         EventKind::Approved,
         EventKind::Exported,
@@ -72,6 +74,7 @@ impl EventKind {
         EventKind::ReceiptRefused,
         EventKind::Hidden,
         EventKind::Sealed,
+        EventKind::Moved,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -89,6 +92,7 @@ impl EventKind {
             EventKind::ReceiptRefused => "receipt_refused",
             EventKind::Hidden => "hidden",
             EventKind::Sealed => "sealed",
+            EventKind::Moved => "moved",
         }
     }
 

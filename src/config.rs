@@ -63,6 +63,9 @@ struct RawConfig {
     case_ttl: Option<String>,
     passthrough: Option<bool>,
     max_open_files_per_account: Option<i64>,
+    database_password_file: Option<PathBuf>,
+    host: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +86,12 @@ pub struct Config {
     pub passthrough: bool,
     /// Files one transfer account may hold open in the mount at once (default 1024).
     pub max_open_files_per_account: usize,
+    /// A file holding the PostgreSQL password (else the URL's, else `$PGPASSWORD`).
+    pub database_password_file: Option<PathBuf>,
+    /// This daemon's name in the register (default: the hostname).
+    pub host: String,
+    /// How often this daemon records that it is alive (default 10 s).
+    pub heartbeat: Duration,
 }
 
 impl Config {
@@ -162,6 +171,25 @@ impl Config {
                 ));
             }
         };
+        if let Some(p) = &raw.database_password_file {
+            if !p.is_absolute() {
+                return Err(bad("database_password_file", format!("{} is not an absolute path", p.display())));
+            }
+        }
+        let host = match raw.host {
+            Some(h) => crate::names::DirId::parse(&h)
+                .map(String::from)
+                .map_err(|e| bad("host", format!("{h:?}: {e}")))?,
+            None => default_host(),
+        };
+        let heartbeat = match raw.heartbeat.as_deref() {
+            None => Duration::from_secs(10),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+                Ok(_) => return Err(bad("heartbeat", format!("{s:?} is not between 1s and 1h"))),
+                Err(e) => return Err(bad("heartbeat", format!("{s:?} is not a duration like \"10s\": {e}"))),
+            },
+        };
         if raw.mount_point.starts_with(&raw.gdb_root) || raw.state_dir.starts_with(&raw.gdb_root) {
             return Err(bad(
                 "mount_point",
@@ -182,7 +210,15 @@ impl Config {
             case_ttl,
             passthrough: raw.passthrough.unwrap_or(true),
             max_open_files_per_account,
+            database_password_file: raw.database_password_file,
+            host,
+            heartbeat,
         })
+    }
+
+    /// Whether the register is shared by several hosts (a server database).
+    pub fn shared_register(&self) -> bool {
+        !self.database_url.starts_with("sqlite:")
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -192,6 +228,19 @@ impl Config {
     pub fn caselog_dir(&self) -> PathBuf {
         self.state_dir.join("caselogs")
     }
+}
+
+/// The machine's hostname up to its first dot, as a register host name
+/// (`localhost` when it has none that is one).
+pub fn default_host() -> String {
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let short = name.split('.').next().unwrap_or_default();
+    crate::names::DirId::parse(short)
+        .map(String::from)
+        .unwrap_or_else(|_| "localhost".to_string())
 }
 
 /// A database URL with any password replaced, for messages and logs.
@@ -235,6 +284,23 @@ staff_group = "workcopy-staff"
         assert_eq!(c.case_ttl, Duration::from_secs(14 * 86400));
         assert_eq!(c.database_url, "sqlite:///var/lib/workcopy/workcopy.db");
         assert_eq!(c.staff_group, GroupSpec::Name("workcopy-staff".into()));
+        assert_eq!(c.heartbeat, Duration::from_secs(10));
+        assert!(!c.host.is_empty() && !c.shared_register());
+    }
+
+    #[test]
+    fn shared_register_keys() {
+        let c = parse(
+            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/run/credentials/workcopy.service/db-password\"\n",
+        );
+        assert!(
+            matches!(c, Ok(ref c) if c.host == "transfer-2" && c.heartbeat == Duration::from_secs(3) && c.shared_register()
+                && c.database_password_file.is_some()),
+            "{c:?}"
+        );
+        assert!(message("host = \"a b\"\n").contains("`host`"));
+        assert!(message("heartbeat = \"0s\"\n").contains("`heartbeat`"));
+        assert!(message("database_password_file = \"pw\"\n").contains("database_password_file"));
     }
 
     #[test]

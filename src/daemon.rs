@@ -121,7 +121,7 @@ pub async fn open_service(cfg: Config, setup: Setup) -> anyhow::Result<Arc<Servi
     let Setup { directory, staff_gid } = setup;
     // A store error's text already names its cause, which it also keeps as its
     // source: one message, so the cause is not printed twice.
-    let store = crate::db::open(&cfg.database_url)
+    let store = crate::db::open(&cfg.database_url, cfg.database_password_file.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", crate::config::redact_url(&cfg.database_url)))?;
     Ok(Service::new(cfg, store, directory, staff_gid)?)
@@ -231,6 +231,9 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
     });
     tokio::spawn(svc.clone().fold_counted_accesses());
     tokio::spawn(svc.clone().audit_periodically());
+    // The first heartbeat before anything else asks who the hosts are.
+    tokio::spawn(svc.clone().run_heartbeat());
+    tokio::spawn(svc.clone().run_reconciler());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

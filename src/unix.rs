@@ -147,23 +147,6 @@ impl ProcStaff {
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
-/// This machine's hostname up to its first dot (`localhost` when it has none).
-pub fn short_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = if rc == 0 {
-        String::from_utf8_lossy(&buf[..len]).into_owned()
-    } else {
-        String::new()
-    };
-    match name.split('.').next() {
-        Some(short) if !short.is_empty() => short.to_string(),
-        _ => "localhost".to_string(),
-    }
-}
-
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -107,6 +107,14 @@ pub enum Command {
     /// Check the config and the directory without a daemon
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The transfer hosts sharing the register: heartbeat, version, mode, cases served (staff)
+    #[command(
+        after_help = "A host silent for three heartbeats is shown as down. `directory` says whether its\ndirectory file matches the other hosts' (the one most hosts that are up have).\n\nExample:\n  workcopy hosts --json"
+    )]
+    Hosts(JsonFlag),
+    /// Manage a transfer host of a shared register (staff)
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example:\n  workcopy completions bash > /usr/share/bash-completion/completions/workcopy")]
     Completions { shell: clap_complete::Shell },
@@ -167,9 +175,28 @@ pub enum CaseCmd {
         json: bool,
     },
     /// Stage and verify every file, then export the case; waits until it is readable
+    #[command(
+        after_help = "On a shared register one host serves the case: --host, else the department's first\nlisted host, else the host this command talks to. That host stages and verifies\nthe files and shows the case in its mount.\n\nExample:\n  workcopy case approve NGC-2026-0042 --host transfer-2"
+    )]
     Approve {
         case_ref: String,
         /// Return as soon as staging has started
+        #[arg(long)]
+        no_wait: bool,
+        /// The host to serve the case (shared register)
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+    },
+    /// Serve an approved or exported case from another host (shared register)
+    #[command(
+        after_help = "The new host verifies the files again and shows the case in its mount; the old\nhost withdraws it and deletes its staging (now, or when it comes back). Waits\nuntil the case is readable on the new host.\n\nExample:\n  workcopy case move NGC-2026-0042 --to transfer-2"
+    )]
+    Move {
+        case_ref: String,
+        /// The host to serve it from now on
+        #[arg(long, value_name = "HOST")]
+        to: String,
+        /// Return once the move is recorded
         #[arg(long)]
         no_wait: bool,
     },
@@ -225,6 +252,19 @@ pub enum CaseCmd {
         limit: Option<u32>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Declare a host gone for good: its cases may then be moved or closed without it
+    #[command(
+        after_help = "Closing a case of a retired host seals its log on the host that closes it, and the\nseal records the retirement (the retired host's staging could not be deleted).\nMove its live cases first: `workcopy case move REF --to HOST`.\n\nExample:\n  workcopy host retire transfer-1 --reason \"disk controller failed, host scrapped\""
+    )]
+    Retire {
+        host: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 

@@ -59,16 +59,31 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
                 )))
             }
         }
-        CaseCmd::Approve { case_ref, no_wait } => {
+        CaseCmd::Approve { case_ref, no_wait, host } => {
             let v = call(
                 cli,
                 &Request::CaseApprove {
                     case_ref: case_ref.clone(),
+                    host: host.clone(),
                 },
                 reply::case,
             )?;
             if *no_wait {
                 return print(|o| render::staging_started(o, &v.case.case_ref));
+            }
+            wait_for_export(cli, case_ref)
+        }
+        CaseCmd::Move { case_ref, to, no_wait } => {
+            let v = call(
+                cli,
+                &Request::CaseMove {
+                    case_ref: case_ref.clone(),
+                    to: to.clone(),
+                },
+                reply::case,
+            )?;
+            if *no_wait || v.case.state != CaseState::Exported {
+                return print(|o| render::moved(o, &v.case.case_ref, to));
             }
             wait_for_export(cli, case_ref)
         }

@@ -25,7 +25,11 @@ pub(super) fn run(cli: &Cli, output: Option<&Path>) -> Result<(), Failure> {
         Ok(m) => (text_of(|o| render(o, &m))?, None),
         // Nobody answers: say so in the metrics too, so an alert fires at once
         // rather than when the last file grows stale.
-        Err(f @ Failure::Failed { code: 3, .. }) => (text_of(|o| render_down(o, &crate::unix::short_hostname()))?, Some(f)),
+        Err(f @ Failure::Failed { code: 3, .. }) => {
+            // The config's `host`, as the daemon would have said (else the hostname's).
+            let host = super::load_config(cli).map_or_else(|_| crate::config::default_host(), |c| c.host);
+            (text_of(|o| render_down(o, &host))?, Some(f))
+        }
         Err(f) => return Err(f),
     };
     match output {
@@ -189,6 +193,12 @@ pub(super) fn render(o: &mut impl Write, m: &MetricsReply) -> io::Result<()> {
         m.staging_jobs,
     )?;
     f.one(
+        "workcopy_mount_cases",
+        "gauge",
+        "Cases this host shows in its mount now (on a shared register, the ones it serves).",
+        m.mount_cases,
+    )?;
+    f.one(
         "workcopy_staged_bytes_total",
         "counter",
         "Bytes copied or hashed by staging and by the verification after a start, since the daemon started.",
@@ -302,6 +312,7 @@ mod tests {
             open_files: 0,
             staging_bytes: 5,
             staging_jobs: 0,
+            mount_cases: 0,
             staged_bytes: 6,
             staging_nanos: 1_500_000_000,
             verification_failures: vec![("staging".into(), 1), ("restart".into(), 0)],

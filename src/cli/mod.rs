@@ -10,6 +10,7 @@ mod catalog;
 mod config;
 mod docs;
 mod events;
+mod hosts;
 mod metrics;
 mod render;
 mod status;
@@ -19,7 +20,7 @@ pub use args::Cli;
 use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::{Refusal, Reply, Request};
-use args::{AuditCmd, CatalogCmd, Command, ConfigCmd};
+use args::{AuditCmd, CatalogCmd, Command, ConfigCmd, HostCmd};
 use clap::Parser;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -214,6 +215,20 @@ mod reply {
         }
     }
 
+    pub(super) fn hosts(r: Reply) -> Option<Vec<crate::control::proto::HostView>> {
+        match r {
+            Reply::Hosts { hosts } => Some(hosts),
+            _ => None,
+        }
+    }
+
+    pub(super) fn retired(r: Reply) -> Option<String> {
+        match r {
+            Reply::Retired { host } => Some(host),
+            _ => None,
+        }
+    }
+
     pub(super) fn reloaded(r: Reply) -> Option<usize> {
         match r {
             Reply::Reloaded { departments } => Some(departments),
@@ -258,6 +273,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Metrics { output } => metrics::run(&cli, output.as_deref()),
         Command::Reload => config::reload(&cli),
         Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
+        Command::Hosts(j) => hosts::list(&cli, j.json),
+        Command::Host(HostCmd::Retire { host, reason }) => hosts::retire(&cli, host, reason),
     }
 }
 

@@ -82,6 +82,10 @@ pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()>
         started_at: &'a str,
         uptime_secs: u64,
         staging_bytes: u64,
+        host: &'a str,
+        shared_register: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        database_unreachable: Option<&'a crate::control::proto::Unreachable>,
     }
     fn by_state<S: serde::Serializer>(cases: &&[(crate::domain::case::CaseState, u64)], s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(cases.iter().map(|(state, n)| (state, n)))
@@ -103,6 +107,9 @@ pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()>
             started_at: &s.started_at,
             uptime_secs: s.uptime_secs,
             staging_bytes: s.staging_bytes,
+            host: &s.host,
+            shared_register: s.shared_register,
+            database_unreachable: s.database_unreachable.as_ref(),
         },
     )
 }
@@ -110,6 +117,16 @@ pub(super) fn status_json(o: &mut impl Write, s: &StatusReply) -> io::Result<()>
 pub(super) fn status(o: &mut impl Write, s: &StatusReply) -> io::Result<()> {
     writeln!(o, "workcopy {}", s.version)?;
     writeln!(o, "up          since {}, {}", s.started_at, uptime(s.uptime_secs))?;
+    if s.shared_register {
+        writeln!(o, "host        {} (shared register; `workcopy hosts` lists them all)", s.host)?;
+    }
+    if let Some(u) = &s.database_unreachable {
+        writeln!(
+            o,
+            "database    UNREACHABLE since {}: {} (exported cases stay in the mount; opens that cannot be recorded fail; reconnecting)",
+            u.since, u.error
+        )?;
+    }
     writeln!(
         o,
         "mount       {} ({})",
@@ -300,6 +317,9 @@ pub(super) fn case(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
     }
     writeln!(o, "opened      {}", c.created_at)?;
     writeln!(o, "verified    {}", if c.verified { "yes" } else { "no" })?;
+    if let Some(h) = &c.host {
+        writeln!(o, "host        {h}{}", if v.visible { " (in its mount)" } else { "" })?;
+    }
     if let Some((done, total)) = v.staging {
         writeln!(o, "staging     {} of {}", human(done as f64), human(total as f64))?;
     }
@@ -341,6 +361,44 @@ fn report_lines(o: &mut impl Write, c: &CaseRecord) -> io::Result<()> {
     }
     for l in &c.report.lines {
         writeln!(o, "{}", l.describe())?;
+    }
+    Ok(())
+}
+
+pub(super) fn moved(o: &mut impl Write, case_ref: &str, to: &str) -> io::Result<()> {
+    writeln!(o, "case {case_ref} moved to {to}; it verifies the files again and serves the case")
+}
+
+/// `workcopy hosts`.
+pub(super) fn hosts(o: &mut impl Write, hosts: &[crate::control::proto::HostView]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.beat.name.clone(),
+                h.state.to_string(),
+                format!("{} s ago", h.heartbeat_age_secs),
+                h.host.beat.version.clone(),
+                h.host.beat.mode.clone(),
+                h.host.beat.read_path.clone(),
+                h.host.beat.cases_served.to_string(),
+                if h.directory_matches { "matches" } else { "DIFFERS" }.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        o,
+        &["HOST", "STATE", "HEARTBEAT", "VERSION", "MODE", "READ_PATH", "CASES", "DIRECTORY"],
+        &rows,
+    )?;
+    for h in hosts.iter().filter(|h| h.host.retired_at.is_some()) {
+        writeln!(
+            o,
+            "{} retired at {}: {}",
+            h.host.beat.name,
+            h.host.retired_at.as_deref().unwrap_or_default(),
+            h.host.retired_reason.as_deref().unwrap_or_default()
+        )?;
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub enum Request {
     },
     CaseApprove {
         case_ref: String,
+        /// The host to serve the case (a shared register only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     CaseReject {
         case_ref: String,
@@ -85,6 +88,18 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Serve an approved or exported case from another host.
+    CaseMove {
+        case_ref: String,
+        to: String,
+    },
+    /// The hosts sharing the register.
+    Hosts,
+    /// Declare a host gone for good.
+    HostRetire {
+        host: String,
+        reason: String,
+    },
 }
 
 impl Request {
@@ -105,6 +120,9 @@ impl Request {
             Request::Reload => "reload",
             Request::Events { .. } => "events",
             Request::Metrics => "metrics",
+            Request::CaseMove { .. } => "case move",
+            Request::Hosts => "hosts",
+            Request::HostRetire { .. } => "host retire",
         }
     }
 
@@ -112,7 +130,8 @@ impl Request {
     pub fn case_ref(&self) -> Option<&str> {
         match self {
             Request::CaseOpen { case_ref, .. }
-            | Request::CaseApprove { case_ref }
+            | Request::CaseApprove { case_ref, .. }
+            | Request::CaseMove { case_ref, .. }
             | Request::CaseReject { case_ref, .. }
             | Request::CaseConfirm { case_ref, .. }
             | Request::CaseClose { case_ref, .. }
@@ -125,7 +144,9 @@ impl Request {
             | Request::AuditVerify
             | Request::Reload
             | Request::Events { .. }
-            | Request::Metrics => None,
+            | Request::Metrics
+            | Request::Hosts
+            | Request::HostRetire { .. } => None,
         }
     }
 }
@@ -211,6 +232,35 @@ pub struct StatusReply {
     /// Bytes of the staged copies under `<state_dir>/staging`.
     #[serde(default)]
     pub staging_bytes: u64,
+    /// This daemon's name in the register.
+    #[serde(default)]
+    pub host: String,
+    /// Whether the register is shared by several hosts.
+    #[serde(default)]
+    pub shared_register: bool,
+    /// `None` while the database answers; else since when it has not (RFC
+    /// 3339) and its last error. Exported cases stay in the mount meanwhile,
+    /// but opens whose access record cannot be written fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_unreachable: Option<Unreachable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    pub since: String,
+    pub error: String,
+}
+
+/// A host of the register as `workcopy hosts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub host: crate::domain::hosts::HostRecord,
+    pub state: crate::domain::hosts::Liveness,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: i64,
+    /// Whether its directory file matches the other hosts'.
+    pub directory_matches: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +315,8 @@ pub struct MetricsReply {
     /// Bytes of the staged copies on disk now.
     pub staging_bytes: u64,
     pub staging_jobs: u64,
+    /// Cases this daemon shows in its mount now.
+    pub mount_cases: u64,
     /// Bytes copied or hashed by staging and by the checks after a start.
     pub staged_bytes: u64,
     /// Time spent by that work, in nanoseconds.
@@ -327,6 +379,13 @@ pub enum Reply {
         more: bool,
     },
     Metrics(Box<MetricsReply>),
+    Hosts {
+        hosts: Vec<HostView>,
+    },
+    /// A host is retired.
+    Retired {
+        host: String,
+    },
 }
 
 pub type Response = Result<Reply, Refusal>;

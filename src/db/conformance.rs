@@ -46,6 +46,11 @@ macro_rules! conformance_tests {
             count_by_state_covers_every_state,
             concurrent_appends_to_one_case_form_one_chain,
             concurrent_transitions_from_one_state_have_one_winner,
+            the_serving_host_is_set_at_approval_and_by_a_move,
+            serving_reports_replace_the_last,
+            heartbeats_register_hosts_and_retirement_sticks,
+            concurrent_moves_of_one_case_are_serialised,
+            unsealed_cases_are_the_ended_ones_without_a_seal,
             state_summary_counts_and_dates_each_state,
             the_feed_numbers_every_record_in_commit_order,
             feed_pages_resume_after_any_number,
@@ -838,6 +843,154 @@ pub async fn concurrent_transitions_from_one_state_have_one_winner(store: Arc<dy
         ensure!(case.state == winner && case.event_count == 2, "round {round}: {case:?}");
         verified_log(&store, &case_ref).await?;
     }
+    Ok(())
+}
+
+pub async fn the_serving_host_is_set_at_approval_and_by_a_move(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let mut changes = store.case_changes();
+    open_case(&store, "C-1", DEPT).await?;
+    ensure!(store.case("C-1").await?.context("C-1")?.host.is_none(), "an open case has no host");
+    store
+        .transition_to_host("C-1", CaseState::Open, CaseState::Approved, "host-a", event("approved", 1))
+        .await?;
+    ensure!(changes.has_changed()?, "an approval is a change");
+    changes.borrow_and_update();
+    let case = store.case("C-1").await?.context("C-1")?;
+    ensure!(
+        case.host.as_deref() == Some("host-a") && case.state == CaseState::Approved,
+        "{case:?}"
+    );
+    // A plain transition keeps the host.
+    store
+        .transition("C-1", CaseState::Approved, CaseState::Exported, event("exported", 2))
+        .await?;
+    ensure!(
+        store.case("C-1").await?.context("C-1")?.host.as_deref() == Some("host-a"),
+        "host kept"
+    );
+    let rec = store
+        .move_case("C-1", &[CaseState::Exported, CaseState::Received], "host-b", event("moved", 3))
+        .await?;
+    ensure!(rec.seq == 4 && changes.has_changed()?, "a move is a record and a change");
+    ensure!(store.case("C-1").await?.context("C-1")?.host.as_deref() == Some("host-b"), "moved");
+    // Out of the given states: refused, nothing changed.
+    let refused = store.move_case("C-1", &[CaseState::Approved], "host-c", event("moved", 4)).await;
+    expect_conflict(refused, "C-1", CaseState::Approved, CaseState::Exported)?;
+    ensure!(
+        store.case("C-1").await?.context("C-1")?.host.as_deref() == Some("host-b"),
+        "a refused move moved"
+    );
+    verified_log(&store, "C-1").await?;
+    Ok(())
+}
+
+pub async fn serving_reports_replace_the_last(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    use crate::domain::hosts::Serving;
+    open_case(&store, "C-1", DEPT).await?;
+    ensure!(store.serving("C-1").await?.is_none(), "no report yet");
+    let mut s = Serving {
+        case_ref: "C-1".into(),
+        host: "host-a".into(),
+        published: false,
+        done: 10,
+        total: 100,
+        updated_at: 5,
+    };
+    store.report_serving(&s).await?;
+    ensure!(store.serving("C-1").await?.as_ref() == Some(&s), "first report");
+    s.published = true;
+    s.done = 100;
+    s.host = "host-b".into();
+    store.report_serving(&s).await?;
+    ensure!(store.serving("C-1").await?.as_ref() == Some(&s), "second report replaces the first");
+    Ok(())
+}
+
+pub async fn heartbeats_register_hosts_and_retirement_sticks(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    use crate::domain::hosts::HostBeat;
+    let beat = |name: &str, at: i64| HostBeat {
+        name: name.into(),
+        version: "0.1.0".into(),
+        mode: "direct".into(),
+        read_path: "passthrough".into(),
+        directory_sha256: "d".repeat(64),
+        started_at: "2026-12-03T12:00:00Z".into(),
+        at,
+        every_secs: 10,
+        cases_served: 2,
+    };
+    ensure!(store.hosts().await?.is_empty(), "no hosts yet");
+    store.heartbeat(&beat("host-b", 100)).await?;
+    store.heartbeat(&beat("host-a", 100)).await?;
+    store.heartbeat(&beat("host-a", 110)).await?;
+    let hosts = store.hosts().await?;
+    ensure!(
+        hosts.len() == 2 && hosts[0].beat == beat("host-a", 110) && hosts[1].beat.name == "host-b",
+        "{hosts:?}"
+    );
+    ensure!(
+        !store.retire_host("host-z", "never was").await?,
+        "an unknown host cannot be retired"
+    );
+    ensure!(store.retire_host("host-b", "hardware gone").await?, "retire");
+    ensure!(store.retire_host("host-b", "again").await?, "retire again");
+    store.heartbeat(&beat("host-b", 120)).await?;
+    let b = store
+        .hosts()
+        .await?
+        .into_iter()
+        .find(|h| h.beat.name == "host-b")
+        .context("host-b")?;
+    ensure!(
+        b.retired_at.is_some() && b.retired_reason.as_deref() == Some("hardware gone") && b.beat.at == 120,
+        "a heartbeat keeps the first retirement: {b:?}"
+    );
+    Ok(())
+}
+
+pub async fn concurrent_moves_of_one_case_are_serialised(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .move_case("C-1", &[CaseState::Exported], &format!("host-{i}"), event("moved", i))
+                .await
+        }));
+    }
+    let mut last = (0, String::new());
+    for t in tasks {
+        let rec = t.await??;
+        if rec.seq > last.0 {
+            last = (rec.seq, rec.details["n"].to_string());
+        }
+    }
+    let case = store.case("C-1").await?.context("C-1")?;
+    ensure!(
+        case.host.as_deref() == Some(format!("host-{}", last.1).as_str()),
+        "the last move wins: {case:?} {last:?}"
+    );
+    ensure!(verified_log(&store, "C-1").await?.len() == 11, "one record per move");
+    Ok(())
+}
+
+pub async fn unsealed_cases_are_the_ended_ones_without_a_seal(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    exported_case(&store, "C-1").await?;
+    open_case(&store, "C-2", DEPT).await?;
+    open_case(&store, "C-3", DEPT).await?;
+    ensure!(store.unsealed_cases().await?.is_empty(), "nothing ended yet");
+    store
+        .transition("C-1", CaseState::Exported, CaseState::Closed, event("closed", 3))
+        .await?;
+    store
+        .transition("C-2", CaseState::Open, CaseState::Rejected, event("rejected", 1))
+        .await?;
+    ensure!(store.unsealed_cases().await? == ["C-1", "C-2"], "both ended unsealed");
+    store
+        .append_in("C-1", &CaseState::TERMINAL, event(EventKind::Sealed.as_str(), 4))
+        .await?;
+    ensure!(store.unsealed_cases().await? == ["C-2"], "C-1 is sealed");
     Ok(())
 }
 

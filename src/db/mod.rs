@@ -6,10 +6,14 @@ use crate::audit::{EventRecord, NewEvent};
 use crate::domain::access::{Coalescing, FileAccess};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::hosts::{HostBeat, HostRecord, Serving};
 use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
 pub mod conformance;
+#[cfg(test)]
+pub mod pg_test_server;
+pub mod postgres;
 pub mod sqlite;
 
 pub use crate::domain::case::{CaseRecord, NewCase};
@@ -154,6 +158,44 @@ pub trait Store: Send + Sync + 'static {
     async fn stray_records(&self, case_ref: &str) -> Result<u64, StoreError>;
     /// The number of cases in each state, for every state in [`CaseState::ALL`] order.
     async fn count_by_state(&self) -> Result<Vec<(CaseState, u64)>, StoreError>;
+
+    /// A [`transition`](Store::transition) that also makes `host` the case's
+    /// serving host, in the same transaction (an approval names the host
+    /// that stages the case).
+    async fn transition_to_host(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: &str,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError>;
+    /// Makes `host` the serving host of a case that is in one of `states`,
+    /// appending `event`, atomically; [`StoreError::Conflict`] (naming the
+    /// first of `states`) otherwise. Two moves of one case are serialised
+    /// like any append: the later one sees the earlier one's host.
+    async fn move_case(&self, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// The cases in a terminal state whose last record is not the seal
+    /// (their cleanup has not finished), by reference.
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError>;
+    /// Records what a case's serving host reports of it, replacing its last report.
+    async fn report_serving(&self, serving: &Serving) -> Result<(), StoreError>;
+    /// The serving host's last report of a case, if any.
+    async fn serving(&self, case_ref: &str) -> Result<Option<Serving>, StoreError>;
+    /// Records a host's heartbeat (adding the host at its first); a retired
+    /// host stays retired.
+    async fn heartbeat(&self, beat: &HostBeat) -> Result<(), StoreError>;
+    /// Every host that ever beat, by name.
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Marks a host as gone for good; `false` when there is no such host.
+    /// Retiring a retired host keeps its first retirement.
+    async fn retire_host(&self, name: &str, reason: &str) -> Result<bool, StoreError>;
+    /// Moves forward whenever a case's state or serving host changed, here
+    /// or (on a shared register) on another host: a prompt to look again,
+    /// not a list of changes. A missed change is caught by looking again
+    /// periodically.
+    fn case_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// For every state in [`CaseState::ALL`] order: how many cases are in
     /// it, and since when (unix seconds) the case longest in it has been
     /// there (`None` when no case is), read in one snapshot.
@@ -215,13 +257,16 @@ pub enum Recorded {
     Counted,
 }
 
-/// Opens the store named by a database URL, creating and migrating it.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// Opens the store named by a database URL (`sqlite:…` or `postgres://…`),
+/// creating and migrating it. `password_file` holds a PostgreSQL password.
+pub async fn open(url: &str, password_file: Option<&std::path::Path>) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url, password_file).await?))
     } else {
         Err(StoreError::Unsupported(format!(
-            "{}: only SQLite is built into this version; PostgreSQL support is planned behind the same store interface",
+            "{}: not a database URL this version knows (sqlite://PATH or postgres://…)",
             crate::config::redact_url(url)
         )))
     }

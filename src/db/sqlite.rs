@@ -8,6 +8,7 @@ use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::hosts::{HostBeat, HostRecord, Serving};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -49,6 +50,7 @@ impl Default for Connections {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    changes: tokio::sync::watch::Sender<u64>,
     /// Moved to the feed head after every commit that wrote records.
     committed: Arc<watch::Sender<u64>>,
 }
@@ -221,6 +223,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            changes: tokio::sync::watch::Sender::new(0),
             committed: Arc::new(watch::Sender::new(head)),
         })
     }
@@ -248,6 +251,31 @@ impl SqliteStore {
         }
         .await;
         finish(tx, result).await
+    }
+
+    /// A transition, moving the serving host to `host` when given.
+    async fn transition_on(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: Option<&str>,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_transition(&mut tx, case_ref, from, to, host, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => {
+                    if done.is_ok() {
+                        self.changes.send_modify(|n| *n += 1);
+                    }
+                    return done;
+                }
+            }
+        }
     }
 
     /// The case's state and head (record count, last hash).
@@ -316,6 +344,7 @@ impl SqliteStore {
         case_ref: &str,
         from: CaseState,
         to: CaseState,
+        host: Option<&str>,
         event: NewEvent,
     ) -> Result<EventRecord, StoreError> {
         let (state, count, head) = Self::head(tx, case_ref).await?;
@@ -327,11 +356,12 @@ impl SqliteStore {
             });
         }
         let (count, head) = Self::fold_case(tx, case_ref, count, head, None).await?;
-        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2 WHERE ref = $3 AND state = $4")
+        let moved = sqlx::query("UPDATE cases SET state = $1, state_since = $2, host = COALESCE($5, host) WHERE ref = $3 AND state = $4")
             .bind(to.as_str())
             .bind(crate::unix::now_secs())
             .bind(case_ref)
             .bind(from.as_str())
+            .bind(host)
             .execute(&mut **tx)
             .await?;
         if moved.rows_affected() != 1 {
@@ -351,6 +381,18 @@ impl SqliteStore {
             });
         }
         Self::push_event(tx, case_ref, count, &head, event).await
+    }
+
+    /// One attempt at a move to `host`, inside `tx`.
+    async fn try_move(tx: &mut Tx, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let rec = Self::try_append_in(tx, case_ref, states, event).await?;
+        sqlx::query("UPDATE cases SET host = $1 WHERE ref = $2")
+            .bind(host)
+            .bind(case_ref)
+            .execute(&mut **tx)
+            .await?;
+
+        Ok(rec)
     }
 
     /// Folds the case's counted accesses into its log, inside `tx`, onto the
@@ -651,6 +693,7 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
         state_since: row.try_get("state_since")?,
         event_count: row.try_get::<i64, _>("event_count")? as u64,
         head_hash: row.try_get("head_hash")?,
+        host: row.try_get("host")?,
         case_ref,
     })
 }
@@ -786,15 +829,7 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, case_ref: &str, from: CaseState, to: CaseState, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut attempt = 1;
-        loop {
-            let mut tx = self.begin_write().await?;
-            let result = Self::try_transition(&mut tx, case_ref, from, to, event.clone()).await;
-            match finish(tx, result).await {
-                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
-                done => return done,
-            }
-        }
+        self.transition_on(case_ref, from, to, None, event).await
     }
 
     async fn append_in(&self, case_ref: &str, states: &[CaseState], event: NewEvent) -> Result<EventRecord, StoreError> {
@@ -907,6 +942,105 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn transition_to_host(
+        &self,
+        case_ref: &str,
+        from: CaseState,
+        to: CaseState,
+        host: &str,
+        event: NewEvent,
+    ) -> Result<EventRecord, StoreError> {
+        self.transition_on(case_ref, from, to, Some(host), event).await
+    }
+
+    async fn move_case(&self, case_ref: &str, states: &[CaseState], host: &str, event: NewEvent) -> Result<EventRecord, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let result = Self::try_move(&mut tx, case_ref, states, host, event.clone()).await;
+            match finish(tx, result).await {
+                Err(StoreError::Busy(_)) if attempt < ATTEMPTS => attempt += 1,
+                done => {
+                    if done.is_ok() {
+                        self.changes.send_modify(|n| *n += 1);
+                    }
+                    return done;
+                }
+            }
+        }
+    }
+
+    async fn unsealed_cases(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&unsealed_sql()).fetch_all(&self.reader).await?)
+    }
+
+    async fn report_serving(&self, s: &Serving) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(SERVING_UPSERT)
+            .bind(&s.case_ref)
+            .bind(&s.host)
+            .bind(s.published as i64)
+            .bind(s.done.min(i64::MAX as u64) as i64)
+            .bind(s.total.min(i64::MAX as u64) as i64)
+            .bind(s.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        finish(tx, result).await
+    }
+
+    async fn serving(&self, case_ref: &str) -> Result<Option<Serving>, StoreError> {
+        let row = sqlx::query("SELECT * FROM serving WHERE case_ref = $1")
+            .bind(case_ref)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(serving_record).transpose()
+    }
+
+    async fn heartbeat(&self, b: &HostBeat) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(HEARTBEAT_UPSERT)
+            .bind(&b.name)
+            .bind(&b.version)
+            .bind(&b.mode)
+            .bind(&b.read_path)
+            .bind(&b.directory_sha256)
+            .bind(&b.started_at)
+            .bind(b.at)
+            .bind(b.every_secs)
+            .bind(b.cases_served.min(i64::MAX as u64) as i64)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        finish(tx, result).await
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name").fetch_all(&self.reader).await?;
+        rows.iter().map(host_record).collect()
+    }
+
+    async fn retire_host(&self, name: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = sqlx::query(RETIRE)
+            .bind(name)
+            .bind(audit::now_rfc3339())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(StoreError::from);
+        let found = finish(tx, result).await?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(found)
+    }
+
+    fn case_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     async fn state_summary(&self) -> Result<Vec<StateSummary>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*), MIN(state_since) FROM cases GROUP BY state")
             .fetch_all(&self.reader)
@@ -950,6 +1084,77 @@ impl Store for SqliteStore {
 
     fn committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+}
+
+/// Statements the host register shares between backends.
+pub(super) fn unsealed_sql() -> String {
+    let terminal: Vec<String> = CaseState::TERMINAL.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!(
+        "SELECT c.ref FROM cases c JOIN case_events e ON e.case_ref = c.ref AND e.seq = c.event_count \
+         WHERE c.state IN ({}) AND e.event <> '{}' ORDER BY c.ref",
+        terminal.join(", "),
+        EventKind::Sealed.as_str()
+    )
+}
+pub(super) const SERVING_UPSERT: &str = "INSERT INTO serving (case_ref, host, published, done, total, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (case_ref) DO UPDATE SET host = excluded.host, published = excluded.published, done = excluded.done, \
+     total = excluded.total, updated_at = excluded.updated_at";
+pub(super) const HEARTBEAT_UPSERT: &str = "INSERT INTO hosts (name, version, mode, read_path, directory_sha256, started_at, heartbeat_at, \
+     heartbeat_secs, cases_served) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (name) DO UPDATE SET version = excluded.version, mode = excluded.mode, read_path = excluded.read_path, \
+     directory_sha256 = excluded.directory_sha256, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+     heartbeat_secs = excluded.heartbeat_secs, cases_served = excluded.cases_served";
+pub(super) const RETIRE: &str =
+    "UPDATE hosts SET retired_at = COALESCE(retired_at, $2), retired_reason = COALESCE(retired_reason, $3) WHERE name = $1";
+
+/// A `serving` row, from either backend.
+pub(super) fn serving_record<R: HostRow>(row: &R) -> Result<Serving, StoreError> {
+    Ok(Serving {
+        case_ref: row.text("case_ref")?,
+        host: row.text("host")?,
+        published: row.int("published")? != 0,
+        done: row.int("done")?.max(0) as u64,
+        total: row.int("total")?.max(0) as u64,
+        updated_at: row.int("updated_at")?,
+    })
+}
+
+/// A `hosts` row, from either backend.
+pub(super) fn host_record<R: HostRow>(row: &R) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        beat: HostBeat {
+            name: row.text("name")?,
+            version: row.text("version")?,
+            mode: row.text("mode")?,
+            read_path: row.text("read_path")?,
+            directory_sha256: row.text("directory_sha256")?,
+            started_at: row.text("started_at")?,
+            at: row.int("heartbeat_at")?,
+            every_secs: row.int("heartbeat_secs")?,
+            cases_served: row.int("cases_served")?.max(0) as u64,
+        },
+        retired_at: row.opt_text("retired_at")?,
+        retired_reason: row.opt_text("retired_reason")?,
+    })
+}
+
+/// The column reads the shared row decoders need, for each backend's rows.
+pub(super) trait HostRow {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+}
+
+impl HostRow for SqliteRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
     }
 }
 

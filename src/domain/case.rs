@@ -107,6 +107,10 @@ pub struct CaseRecord {
     pub state_since: i64,
     pub event_count: u64,
     pub head_hash: String,
+    /// The host that serves the case (stages it and shows it in its mount),
+    /// from its approval on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl CaseRecord {

@@ -41,6 +41,8 @@ struct RawDepartment {
     name: String,
     group: String,
     transfer_account: AccountSpec,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +68,9 @@ pub struct Department {
     pub transfer_account: String,
     /// Its uid, resolved when the directory was loaded.
     pub transfer_uid: u32,
+    /// The transfer hosts that may serve its cases, the first by default
+    /// (empty: any host).
+    pub hosts: Vec<DirId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,8 +130,17 @@ impl Directory {
                     "[[department]] {id}: transfer_account {account:?} (uid {uid}) is already the account of {other}; each department needs its own"
                 )));
             }
+            let mut hosts: Vec<DirId> = Vec::new();
+            for h in &d.hosts {
+                let host = DirId::parse(h).map_err(|e| fail(format!("[[department]] {id}: hosts: {e}")))?;
+                if hosts.contains(&host) {
+                    return Err(fail(format!("[[department]] {id}: hosts names {host} twice")));
+                }
+                hosts.push(host);
+            }
             dir.by_uid.insert(uid, id.clone());
             let dept = Department {
+                hosts,
                 id: id.clone(),
                 name: d.name,
                 group,

@@ -5,4 +5,5 @@ pub mod authz;
 pub mod case;
 pub mod catalog;
 pub mod directory;
+pub mod hosts;
 pub mod verify;

@@ -50,15 +50,35 @@ impl Service {
     pub(super) async fn status(&self) -> Response {
         let read_path = *crate::sync::read(&self.read_path);
         let mounted = read_path.is_some() && crate::export::mount::is_mounted(&self.cfg.mount_point);
+        // The register's figures, if the database answers: status must
+        // answer without it, and say so.
+        let register = async {
+            Ok::<_, crate::db::StoreError>((
+                self.store.catalog_size().await?,
+                self.store.catalog_changed_at().await?,
+                self.store.count_by_state().await?,
+            ))
+        }
+        .await;
+        let (catalog_files, catalog_changed_at, cases) = match register {
+            Ok(r) => {
+                self.database_answered();
+                r
+            }
+            Err(e) => {
+                self.database_failed(&e.to_string());
+                (0, None, Vec::new())
+            }
+        };
         Ok(Reply::Status(StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: self.cfg.mode,
             mount_point: self.cfg.mount_point.display().to_string(),
             mounted,
             read_path,
-            catalog_files: self.store.catalog_size().await?,
-            catalog_changed_at: self.store.catalog_changed_at().await?,
-            cases: self.store.count_by_state().await?,
+            catalog_files,
+            catalog_changed_at,
+            cases,
             directory_departments: self.directory().departments.len(),
             bytes_served: self.stats.bytes_served.load(Ordering::Relaxed),
             pulls_in_progress: self.stats.open_files.load(Ordering::Relaxed),
@@ -70,6 +90,9 @@ impl Service {
             })
             .await
             .unwrap_or(0),
+            host: self.cfg.host.clone(),
+            shared_register: self.cfg.shared_register(),
+            database_unreachable: self.unreachable(),
         }))
     }
 
@@ -139,6 +162,8 @@ impl Service {
                         report.failures.push(failure);
                     }
                 }
+                // On a shared register the host that sealed the case keeps its file.
+                None if c.state.is_terminal() && self.sealed_elsewhere(&c.case_ref, count).await => {}
                 None if c.state.is_terminal() => report.failures.push(format!(
                     "case {}: the sealed log {} is missing",
                     c.case_ref,
@@ -149,6 +174,20 @@ impl Service {
         }
         self.audited(report.cases, report.failures.len() as u64, started.elapsed());
         Ok(Reply::Audit(report))
+    }
+
+    /// Whether the case's seal says another host of a shared register sealed
+    /// it (and so holds its sealed log file).
+    async fn sealed_elsewhere(&self, case_ref: &str, count: u64) -> bool {
+        if !self.cfg.shared_register() {
+            return false;
+        }
+        match self.last_record(case_ref, count).await {
+            Ok(Some(e)) if e.kind() == Some(crate::audit::EventKind::Sealed) => {
+                e.details.get("host").and_then(|h| h.as_str()).is_some_and(|h| h != self.cfg.host)
+            }
+            _ => false,
+        }
     }
 
     pub async fn status_line(&self) -> String {

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 pub(super) fn redact(case: &mut CaseRecord) {
     case.report.lines.clear();
     case.report.problems.clear();
+    case.host = None;
 }
 
 /// Refused receipts recorded per case (and daemon run); more are answered but not logged.
@@ -48,7 +49,11 @@ impl Service {
         } else {
             None
         };
-        let visible = self.exports.get(&case.case_ref).is_some();
+        let (visible, staging) = if self.serves(&case) {
+            (self.exports.get(&case.case_ref).is_some(), staging)
+        } else {
+            self.remote_serving(&case).await
+        };
         if *role == Role::Staff {
             return Ok(CaseView {
                 visible,
@@ -122,7 +127,7 @@ impl Service {
         Ok(Reply::Case(Box::new(self.view(&Role::Staff, case).await?)))
     }
 
-    pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str) -> Response {
+    pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str, host: Option<&str>) -> Response {
         let case = self.visible_case(role, case_ref).await?;
         let facts = case.facts();
         transition(role, Action::Approve, facts)?;
@@ -131,9 +136,16 @@ impl Service {
         if let Some(reason) = no_longer_authorized(&self.directory(), case.department.as_deref(), &files) {
             return Err(refuse(RefusalKind::Failed, format!("approval refused: {reason}")));
         }
-        self.take(role, actor, &case, Action::Approve, json!({"mode": self.cfg.mode.to_string()}))
-            .await?;
-        self.start_staging(case.case_ref.clone(), files)?;
+        let host = self.choose_host(case.department.as_deref(), host).await?;
+        let details = if self.cfg.shared_register() {
+            json!({"mode": self.cfg.mode.to_string(), "host": host})
+        } else {
+            json!({"mode": self.cfg.mode.to_string()})
+        };
+        self.take_on(role, actor, &case, Action::Approve, Some(&host), details).await?;
+        if host == self.cfg.host {
+            self.start_staging(case.case_ref.clone(), files)?;
+        }
         let case = self.visible_case(role, case_ref).await?;
         Ok(Reply::Case(Box::new(self.view(role, case).await?)))
     }

@@ -28,12 +28,26 @@ impl Service {
         action: Action,
         details: serde_json::Value,
     ) -> Result<EventRecord, Refusal> {
+        self.take_on(role, actor, case, action, None, details).await
+    }
+
+    /// [`take`](Self::take), making `host` the case's serving host when given.
+    pub(super) async fn take_on(
+        &self,
+        role: &Role,
+        actor: &Actor,
+        case: &CaseRecord,
+        action: Action,
+        host: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<EventRecord, Refusal> {
         let facts = case.facts();
         let to = transition(role, action, facts)?;
-        let record = self
-            .store
-            .transition(&case.case_ref, case.state, to, NewEvent::new(actor, action.event(), details))
-            .await?;
+        let event = NewEvent::new(actor, action.event(), details);
+        let record = match host {
+            Some(h) => self.store.transition_to_host(&case.case_ref, case.state, to, h, event).await?,
+            None => self.store.transition(&case.case_ref, case.state, to, event).await?,
+        };
         self.state_changed.notify_one();
         Ok(record)
     }
@@ -42,6 +56,7 @@ impl Service {
     /// the background, then exports or blocks it.
     pub(super) fn start_staging(self: &Arc<Self>, case_ref: String, files: Vec<CaseFile>) -> Result<(), Refusal> {
         let job = self.register_job(&case_ref, &files)?;
+        self.report_progress(case_ref.clone());
         let svc = self.clone();
         tokio::spawn(async move {
             let outcome = svc.stage_files(&case_ref, &files, &job).await;
@@ -52,8 +67,9 @@ impl Service {
                 crate::sync::lock(&svc.jobs).remove(&case_ref);
                 return;
             }
-            // Off the table before the final transition, so the case can be approved again after a block.
-            crate::sync::lock(&svc.jobs).remove(&case_ref);
+            // The job leaves the table once its end is recorded (in
+            // `try_end_staging`, under the visibility lock), so nothing
+            // looking for approved cases without a job starts it again.
             svc.end_staging(&case_ref, &files, job.total, outcome).await;
         });
         Ok(())
@@ -99,14 +115,18 @@ impl Service {
     ) -> Result<(), Refusal> {
         let _visibility = self.visibility.lock().await;
         let case = match self.store.case(case_ref).await? {
-            Some(c) if c.state == CaseState::Approved => c,
+            Some(c) if c.state == CaseState::Approved && self.serves(&c) => c,
             Some(c) => {
-                // Closed while staging: that already cleaned up; leave nothing behind.
+                // Closed (or moved) while staging: that already cleaned up; leave nothing behind.
                 info!(case = %case_ref, state = %c.state, "staging ended after the case left the approved state");
+                crate::sync::lock(&self.jobs).remove(case_ref);
                 let _ = self.remove_staging(case_ref).await;
                 return Ok(());
             }
-            None => return Ok(()),
+            None => {
+                crate::sync::lock(&self.jobs).remove(case_ref);
+                return Ok(());
+            }
         };
         let dir = self.directory();
         let department = case.department.clone().unwrap_or_default();
@@ -125,6 +145,7 @@ impl Service {
                     *outcome = Some(keep);
                     return Err(e);
                 }
+                crate::sync::lock(&self.jobs).remove(case_ref);
                 self.publish(exported).await;
                 info!(case = %case_ref, files = files.len(), bytes, "case exported");
             }
@@ -135,6 +156,7 @@ impl Service {
                     *outcome = Some(keep);
                     return Err(e);
                 }
+                crate::sync::lock(&self.jobs).remove(case_ref);
                 warn!(case = %case_ref, "staging failed; case blocked");
             }
         }
@@ -183,7 +205,9 @@ impl Service {
     /// Publishes to the mount; the kernel notifications it sends may wait, so off the runtime's workers.
     pub(super) async fn publish(&self, case: ExportedCase) {
         let table = self.exports.clone();
+        let case_ref = case.case_ref.clone();
         let _ = tokio::task::spawn_blocking(move || table.publish(case)).await;
+        self.report_serving(&case_ref, true, (0, 0)).await;
     }
 
     pub(super) async fn withdraw(&self, case_ref: &str) {
@@ -205,14 +229,21 @@ impl Service {
         action: Action,
         details: serde_json::Value,
     ) -> Result<(), Refusal> {
-        let to = {
+        let (to, case) = {
             let _visibility = self.visibility.lock().await;
             let case = self.store.case(case_ref).await?.ok_or_else(|| not_found(case_ref))?;
             let to = transition(role, action, case.facts())?;
             self.take(role, actor, &case, action, details).await?;
             self.withdraw(case_ref).await;
-            to
+            (to, case)
         };
+        if !self.may_finish(&case).await {
+            // Another host serves it: that host withdraws it, deletes its
+            // copies and seals the log; wait for it as for a close here.
+            self.stop_staging(case_ref).await;
+            let _ = self.remove_staging(case_ref).await;
+            return self.wait_for_seal(case_ref, case.host.as_deref().unwrap_or_default()).await;
+        }
         // A staging job that ends meanwhile finds the case no longer approved
         // and deletes what it wrote; one still running stops here.
         self.stop_staging(case_ref).await;
@@ -247,7 +278,22 @@ impl Service {
         let last = self.last_record(case_ref, case.event_count).await?;
         if last.as_ref().and_then(|e| e.kind()) != Some(EventKind::Sealed) {
             let head = last.map(|e| e.hash).unwrap_or_default();
-            let seal = json!({"records": case.event_count, "head": head, "staging_deleted": true});
+            let mut seal = json!({"records": case.event_count, "head": head, "staging_deleted": true});
+            if self.cfg.shared_register() {
+                // The host that keeps the sealed log file.
+                seal["host"] = json!(self.cfg.host);
+            }
+            if let Some(retired) = self.retired_host_of(&case).await {
+                // Finished here because its serving host is gone for good:
+                // that host's staging was not deleted by anyone.
+                seal["staging_deleted"] = json!(false);
+                seal["serving_host_retired"] = json!({
+                    "host": retired.beat.name,
+                    "retired_at": retired.retired_at,
+                    "reason": retired.retired_reason,
+                    "finished_by": self.cfg.host,
+                });
+            }
 
             self.store
                 .append_in(
@@ -266,6 +312,7 @@ impl Service {
     /// reason may name GDB paths, so the journal gets only the reference).
     pub(super) async fn hide(&self, case_ref: &str, reason: &str) {
         self.withdraw(case_ref).await;
+        self.report_serving(case_ref, false, (0, 0)).await;
         error!(case = %case_ref, "case kept out of the mount (see its case log)");
         let ev = NewEvent::new(&Actor::system(), EventKind::Hidden, json!({"reason": reason}));
         if let Err(e) = self.store.append_in(case_ref, &CaseState::VISIBLE, ev).await {

@@ -117,7 +117,7 @@ impl Service {
         .unwrap_or(0);
         let started_at = crate::unix::now_secs() - self.started.0.elapsed().as_secs() as i64;
         Ok(Reply::Metrics(Box::new(MetricsReply {
-            host: crate::unix::short_hostname(),
+            host: self.cfg.host.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             mode: self.cfg.mode,
             read_path: *crate::sync::read(&self.read_path),
@@ -130,6 +130,7 @@ impl Service {
             open_files: self.stats.open_files.load(Ordering::Relaxed),
             staging_bytes,
             staging_jobs: crate::sync::lock(&self.jobs).len() as u64,
+            mount_cases: self.exports.all().len() as u64,
             staged_bytes: read(&c.staged_bytes),
             staging_nanos: read(&c.staging_nanos),
             verification_failures: CheckedAt::ALL

@@ -12,6 +12,7 @@ mod admin;
 mod caselog;
 mod cases;
 mod feed;
+mod hosts;
 mod jobs;
 mod lifecycle;
 mod metrics;
@@ -72,12 +73,17 @@ pub struct Service {
     pub state_changed: tokio::sync::Notify,
     /// When the service was built (the daemon's start), for `status`.
     started: (std::time::Instant, String),
+    /// sha256 of the directory file in force, reported in heartbeats.
+    directory_digest: RwLock<String>,
+    /// Since when, and why, the database does not answer (`None`: it does).
+    unreachable: Mutex<Option<crate::control::proto::Unreachable>>,
 }
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<dyn Store>, directory: Directory, staff_gid: u32) -> std::io::Result<Arc<Service>> {
         let gdb_root =
             crate::gdb::open_root(&cfg.gdb_root).map_err(|e| std::io::Error::other(format!("gdb_root {}: {e}", cfg.gdb_root.display())))?;
+        let cfg_directory = cfg.directory.clone();
         Ok(Arc::new(Service {
             cfg,
             store,
@@ -95,6 +101,8 @@ impl Service {
             refusals_recorded: Mutex::new(HashMap::new()),
             state_changed: tokio::sync::Notify::new(),
             started: (std::time::Instant::now(), crate::audit::now_rfc3339()),
+            directory_digest: RwLock::new(file_digest(&cfg_directory)),
+            unreachable: Mutex::new(None),
         }))
     }
 
@@ -128,6 +136,7 @@ impl Service {
         };
         let _visibility = self.visibility.lock().await;
         *crate::sync::write(&self.directory) = d.clone();
+        *crate::sync::write(&self.directory_digest) = file_digest(&self.cfg.directory);
         for case in self.exports.all() {
             let files = match self.store.case_files(&case.case_ref).await {
                 Ok(f) => f,
@@ -156,4 +165,13 @@ impl Service {
     pub fn actor(&self, uid: u32) -> Actor {
         self.names.actor(uid)
     }
+}
+
+/// The sha256 of a file's bytes (hex), or empty when it cannot be read: how
+/// hosts compare their directory files.
+fn file_digest(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    std::fs::read(path)
+        .map(|b| crate::audit::hex(&sha2::Sha256::digest(&b)))
+        .unwrap_or_default()
 }

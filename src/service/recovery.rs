@@ -24,7 +24,8 @@ impl Service {
         let now = crate::unix::now_secs();
         let mut n = 0;
         for c in self.store.list_cases(Some(CaseState::Exported), None).await? {
-            if c.state_since.saturating_add(ttl) >= now {
+            // The serving host expires its cases (any host, once it is retired).
+            if c.state_since.saturating_add(ttl) >= now || !self.may_finish(&c).await {
                 continue;
             }
             let details =
@@ -51,11 +52,18 @@ impl Service {
         };
         for c in cases.iter().filter(|c| c.state.is_terminal()) {
             let sealed_file = self.cfg.caselog_dir().join(format!("{}.jsonl", c.case_ref));
-            let sealed = match self.last_record(&c.case_ref, c.event_count).await {
-                Ok(last) => last.and_then(|e| e.kind()) == Some(EventKind::Sealed),
-                Err(_) => continue,
+            let Ok(last) = self.last_record(&c.case_ref, c.event_count).await else {
+                continue;
             };
-            if !sealed || !sealed_file.exists() {
+            let sealed = last.as_ref().and_then(|e| e.kind()) == Some(EventKind::Sealed);
+            // On a shared register the host that sealed the case keeps (and rewrites) its file.
+            let sealed_here = last
+                .as_ref()
+                .and_then(|e| e.details.get("host"))
+                .and_then(|h| h.as_str())
+                .is_none_or(|h| h == self.cfg.host);
+            let missing_file = sealed && sealed_here && !sealed_file.exists();
+            if (!sealed && self.may_finish(c).await) || missing_file {
                 info!(case = %c.case_ref, "finishing an interrupted close");
                 if let Err(e) = self.finish(&c.case_ref).await {
                     warn!(case = %c.case_ref, error = %e, "could not finish the case");
@@ -79,6 +87,11 @@ impl Service {
                     continue;
                 }
             };
+            if !self.serves(c) {
+                // Another host serves it; what this host still has of it
+                // (it moved away while this host was down) goes below.
+                continue;
+            }
             match c.state {
                 CaseState::Approved => {
                     info!(case = %c.case_ref, "restarting interrupted staging");
@@ -133,9 +146,9 @@ impl Service {
                 self.stage_files(case_ref, files, &job).await
             }
         };
-        crate::sync::lock(&self.jobs).remove(case_ref);
         let _visibility = self.visibility.lock().await;
-        let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible());
+        crate::sync::lock(&self.jobs).remove(case_ref);
+        let still_visible = matches!(self.store.case(case_ref).await, Ok(Some(c)) if c.state.is_visible() && self.serves(&c));
         if !still_visible {
             // Closed meanwhile: what this job wrote must not stay behind.
             let _ = self.remove_staging(case_ref).await;
@@ -155,7 +168,7 @@ impl Service {
     pub(super) async fn remove_orphan_staging(&self, cases: &[CaseRecord]) {
         let live: std::collections::HashSet<&str> = cases
             .iter()
-            .filter(|c| matches!(c.state, CaseState::Approved) || c.state.is_visible())
+            .filter(|c| (matches!(c.state, CaseState::Approved) || c.state.is_visible()) && self.serves(c))
             .map(|c| c.case_ref.as_str())
             .collect();
         let Ok(entries) = std::fs::read_dir(self.cfg.staging_dir()) else {

@@ -147,7 +147,7 @@ impl Service {
                 staff_only("case open")?;
                 self.case_open(actor, &case_ref, form).await
             }
-            Request::CaseApprove { case_ref } => self.case_approve(role, actor, &case_ref).await,
+            Request::CaseApprove { case_ref, host } => self.case_approve(role, actor, &case_ref, host.as_deref()).await,
             Request::CaseReject { case_ref, reason } => self.case_reject(role, actor, &case_ref, &reason).await,
             Request::CaseConfirm { case_ref, sha256sums } => self.case_confirm(role, actor, &case_ref, &sha256sums).await,
             Request::CaseClose { case_ref, force, reason } => self.case_close(role, actor, &case_ref, force, reason).await,
@@ -186,6 +186,18 @@ impl Service {
                     RefusalKind::Invalid,
                     "the feed is a streamed reply; read it with `workcopy events`",
                 ))
+            }
+            Request::CaseMove { case_ref, to } => {
+                staff_only("case move")?;
+                self.case_move(actor, &case_ref, &to).await
+            }
+            Request::Hosts => {
+                staff_only("hosts")?;
+                self.hosts_view().await
+            }
+            Request::HostRetire { host, reason } => {
+                staff_only("host retire")?;
+                self.host_retire(&host, &reason).await
             }
             Request::Reload => {
                 staff_only("reload")?;

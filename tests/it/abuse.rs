@@ -349,13 +349,22 @@ fn repeated_opens_are_counted_and_the_log_stays_readable() {
     env.cli(&["case", "log", CASE, "--limit", "0"]).code(2);
 
     // An open whose count cannot be written fails, and so is not served.
-    env.sql("CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END");
+    if env.opts.database_url.is_some() {
+        env.sql("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'no space'; END $$ LANGUAGE plpgsql");
+        env.sql("CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts FOR EACH ROW EXECUTE FUNCTION refuse()");
+    } else {
+        env.sql("CREATE TRIGGER refuse_counts BEFORE UPDATE ON access_counts BEGIN SELECT RAISE(ABORT, 'no space'); END");
+    }
     let try_open = format!(
         "import errno\ntry:\n    open({path:?}, 'rb').read()\n    print('opened')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
     );
     let refused = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "EIO");
-    env.sql("DROP TRIGGER refuse_counts");
+    env.sql(if env.opts.database_url.is_some() {
+        "DROP TRIGGER refuse_counts ON access_counts"
+    } else {
+        "DROP TRIGGER refuse_counts"
+    });
     let served = python_as(UID_A1, &env, &try_open).wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), "opened");
     assert!(env.wait_for(Duration::from_secs(30), released), "the last open is not released");

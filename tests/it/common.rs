@@ -370,6 +370,39 @@ pub struct Options {
     pub max_files_per_case: Option<u32>,
     /// Extra lines appended to workcopy.toml verbatim.
     pub extra_config: String,
+    /// `database_url`; `None`: the suite's backend (see [`Backend`]).
+    pub database_url: Option<String>,
+    /// Keep this installation on SQLite whatever the suite's backend: for
+    /// tests that reach into the SQLite file itself.
+    pub sqlite_only: bool,
+    /// `host` (the register's name of this daemon).
+    pub host: Option<String>,
+    /// `gdb_root` of another installation (hosts sharing one GDB).
+    pub gdb_root: Option<PathBuf>,
+}
+
+/// The database the suite runs on: SQLite by default,
+/// `WORKCOPY_TEST_BACKEND=postgres` for a throw-away PostgreSQL server
+/// (scripts/pg-test-server), a database of its own per installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_suite() -> Backend {
+        match std::env::var("WORKCOPY_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Backend::Postgres,
+            Ok("sqlite") | Ok("") | Err(_) => Backend::Sqlite,
+            Ok(other) => panic!("WORKCOPY_TEST_BACKEND={other:?}: sqlite or postgres"),
+        }
+    }
+}
+
+/// A new, empty PostgreSQL database on the suite's test server.
+pub fn pg_database() -> String {
+    crate::pg::database().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A temporary workcopy installation, and the daemon when started.
@@ -399,6 +432,9 @@ impl Env {
     pub fn with(f: impl FnOnce(&mut Options)) -> Env {
         let mut opts = Options::default();
         f(&mut opts);
+        if opts.database_url.is_none() && !opts.sqlite_only && Backend::of_suite() == Backend::Postgres {
+            opts.database_url = Some(pg_database());
+        }
         let tmp = tempfile::Builder::new()
             .prefix("wc-")
             .tempdir()
@@ -470,7 +506,7 @@ impl Env {
         let q = |p: &Path| toml_str(&p.display().to_string());
         let mut s = format!(
             "gdb_root = {}\nstate_dir = {}\nmount_point = {}\nsocket = {}\ndirectory = {}\nstaff_group = {STAFF_GID}\n",
-            q(&self.gdb),
+            q(self.opts.gdb_root.as_deref().unwrap_or(&self.gdb)),
             q(&self.state),
             q(&self.mnt),
             q(&self.socket),
@@ -485,6 +521,11 @@ impl Env {
         if let Some(n) = self.opts.max_files_per_case {
             s.push_str(&format!("max_files_per_case = {n}\n"));
         }
+        if let Some(u) = &self.opts.database_url {
+            s.push_str(&format!("database_url = {}\n", toml_str(u)));
+        }
+        // A fixed name, so output does not depend on the machine's hostname.
+        s.push_str(&format!("host = {}\n", toml_str(self.opts.host.as_deref().unwrap_or("test-host"))));
         s.push_str(&self.opts.extra_config);
         s
     }
@@ -518,16 +559,34 @@ impl Env {
         self.state.join("caselogs").join(format!("{case_ref}.jsonl"))
     }
 
-    /// `state/workcopy.db`.
+    /// `state/workcopy.db` (installations on SQLite only).
+    #[track_caller]
     pub fn database(&self) -> PathBuf {
+        assert!(
+            self.opts.database_url.is_none(),
+            "this test reaches into the SQLite file: give it `o.sqlite_only = true`"
+        );
         self.state.join("workcopy.db")
     }
 
-    /// Runs one SQL statement on the database beside the daemon (as root,
-    /// with python3's sqlite3) and returns the first column of its first
-    /// row, if any, as text.
+    /// Runs one SQL statement on the daemon's database (SQLite: as root with
+    /// python3's sqlite3; PostgreSQL: with psql) and returns the first column
+    /// of its first row, if any, as text.
     #[track_caller]
     pub fn sql(&self, statement: &str) -> String {
+        if let Some(url) = &self.opts.database_url {
+            let out = Command::new("psql")
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", statement])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+            assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+        }
         let out = Command::new("python3")
             .args([
                 "-c",

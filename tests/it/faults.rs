@@ -183,7 +183,9 @@ impl Reads {
 #[test]
 fn a_full_disk_refuses_what_it_cannot_record_and_the_register_recovers_by_itself() {
     const BIG: usize = 5 << 20;
-    let mut env = Env::new();
+    // The register is a SQLite file in the full state_dir (a server database
+    // that stops answering is tested in `hosts`).
+    let mut env = Env::with(|o| o.sqlite_only = true);
     for (i, (id, rel)) in [("GDB-0100", "big/one.bin"), ("GDB-0101", "big/two.bin")].iter().enumerate() {
         let data = blob(BIG, 100 + i as u64);
         write_file(&env.gdb.join(rel), &data, 0o644);
@@ -276,7 +278,8 @@ fn a_full_disk_refuses_what_it_cannot_record_and_the_register_recovers_by_itself
 /// once the database is writable again everything works without a restart.
 #[test]
 fn an_unwritable_database_refuses_every_change_and_the_register_recovers_by_itself() {
-    let mut env = Env::ready();
+    // The SQLite file itself is made immutable.
+    let mut env = Env::ready_with(|o| o.sqlite_only = true);
     export(&env, "RO1", &["GDB-0001"]);
     export(&env, "RO2", &["GDB-0002"]);
     open(&env, "RO3", &["GDB-0003"]).ok();

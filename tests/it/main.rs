@@ -19,9 +19,12 @@ mod cli_pipe;
 mod common;
 mod faults;
 mod feed;
+mod hosts;
 mod metrics;
 mod mount;
 mod notify;
+#[path = "../../src/db/pg_test_server.rs"]
+mod pg;
 mod regional;
 mod register;
 mod snapshot;

@@ -654,23 +654,9 @@ fn tampering_with_the_database_fails_audit_verify() {
     exported(&env, "CUT-1", ALICE, &["GDB-0006"]);
     env.cli(&["audit", "verify"]).ok().stdout_has("ok: 3 case logs");
     assert_eq!(env.stop(), Some(0), "{}", env.daemon_log());
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys\n\
-             c = sqlite3.connect(sys.argv[1])\n\
-             n = c.execute(\"UPDATE case_events SET actor = 'mallory' WHERE case_ref = ? AND seq = 2\", (sys.argv[2],)).rowcount\n\
-             n += c.execute(\"DELETE FROM case_events WHERE case_ref = ? AND seq = 3\", (sys.argv[3],)).rowcount\n\
-             c.commit()\n\
-             print(n)\n",
-        )
-        .arg(env.database())
-        .arg("TAMPER-1")
-        .arg("CUT-1")
-        .output()
-        .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    env.sql("UPDATE case_events SET actor = 'mallory' WHERE case_ref = 'TAMPER-1' AND seq = 2");
+    env.sql("DELETE FROM case_events WHERE case_ref = 'CUT-1' AND seq = 3");
+    assert_eq!(env.sql("SELECT COUNT(*) FROM case_events WHERE actor = 'mallory'"), "1");
     env.start();
     let out = env
         .cli(&["audit", "verify"])
