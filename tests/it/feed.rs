@@ -1,7 +1,7 @@
 //! The event feed through the real daemon and CLI: every case-log record in
 //! commit order with its feed number, resumed after a number and across a
-//! restart, followed as records commit (and how fast), for staff only, and
-//! bounded for a reader that stops reading.
+//! restart, followed as records commit (and how fast), for staff only,
+//! bounded for a reader that stops reading, and on a register two hosts share.
 
 use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -279,4 +279,74 @@ fn a_reader_that_stops_reading_is_held_back_then_dropped() {
     );
     assert!(env.running(), "{}", env.daemon_log());
     env.cli(&["events", "--since", "20000"]).ok().stdout_has("#20001  noted");
+}
+
+/// Two hosts on one PostgreSQL register: each one's follower is told of the
+/// other's commits at once (the database's notifications, not polling), and
+/// writers on both hosts at once leave one feed, the same from either host,
+/// without gaps.
+#[test]
+fn on_a_shared_register_followers_see_every_hosts_commits() {
+    let url = pg_database();
+    let host_env = |host: &str, gdb: Option<&std::path::Path>| {
+        let (url, host, gdb) = (url.clone(), host.to_string(), gdb.map(|p| p.to_path_buf()));
+        Env::with(move |o| {
+            o.database_url = Some(url);
+            o.host = Some(host);
+            o.gdb_root = gdb;
+        })
+    };
+    let mut a = host_env("host-a", None);
+    a.start();
+    a.import_catalog();
+    let mut b = host_env("host-b", Some(&a.gdb));
+    b.start();
+
+    let head = |env: &Env| feed(env, &[]).last().map_or(0, |r| r["seq"].as_u64().unwrap());
+    let mut on_b = Follower::start(&b, head(&b));
+    let mut worst = Duration::ZERO;
+    for i in 1..=5 {
+        let started = Instant::now();
+        a.cli(&["case", "open", &format!("PG-A{i}"), "--requester", ALICE, "GDB-0001"]).ok();
+        let (seen, line) = on_b.next(Duration::from_secs(10));
+        assert_eq!(line["case_ref"], format!("PG-A{i}"), "{line}");
+        worst = worst.max(seen.duration_since(started));
+    }
+    assert!(worst < Duration::from_secs(2), "host b printed host a's record after {worst:?}");
+
+    // Writers on both hosts at once.
+    let writers: Vec<_> = [&a, &b]
+        .into_iter()
+        .enumerate()
+        .map(|(h, env)| {
+            let (bin, socket) = (BIN.to_string(), env.socket.clone());
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let ok = Command::new(&bin)
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["case", "open", &format!("PG-W{h}-{i}"), "--requester", ALICE, "GDB-0002"])
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "case open PG-W{h}-{i}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let from_a = feed(&a, &[]);
+    let from_b = feed(&b, &[]);
+    assert_eq!(from_a, from_b, "the hosts read different feeds");
+    assert_eq!(seqs(&from_a), (1..=from_a.len() as u64).collect::<Vec<u64>>());
+    matches_the_case_logs(&a, &from_a);
+    // The follower on b got every one of them, in order.
+    let start = from_a.iter().position(|r| r["case_ref"] == "PG-A5").unwrap() + 1;
+    for want in &from_a[start..] {
+        let (_, got) = on_b.next(Duration::from_secs(10));
+        assert_eq!(&got, want);
+    }
 }
