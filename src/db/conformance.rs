@@ -1192,7 +1192,9 @@ pub async fn committed_moves_after_each_commit_that_wrote_records(store: Arc<dyn
     let wait = Duration::from_secs(10);
     open_case(&store, "C-1", DEPT).await?;
     let mut rx = store.committed();
-    ensure!(*rx.borrow_and_update() == store.feed_head().await?, "it starts at the head");
+    // A value read out of the watch: its guard must not be held across an await.
+    let start = *rx.borrow_and_update();
+    ensure!(start == store.feed_head().await?, "it starts at the head");
 
     store.append_in("C-1", &[CaseState::Open], event("noted", 1)).await?;
     tokio::time::timeout(wait, rx.changed())
@@ -1212,7 +1214,8 @@ pub async fn committed_moves_after_each_commit_that_wrote_records(store: Arc<dyn
     tokio::time::timeout(wait, rx.changed())
         .await
         .context("no prompt after three appends")??;
-    ensure!(*rx.borrow_and_update() >= store.feed_head().await?, "the prompt is behind the head");
+    let seen = *rx.borrow_and_update();
+    ensure!(seen >= store.feed_head().await?, "the prompt is behind the head");
     ensure!(store.feed_head().await? == 5, "the head after five records");
 
     // Every follower gets its own prompt.

@@ -241,7 +241,8 @@ c.commit()
 
 #[test]
 fn a_reader_that_stops_reading_is_held_back_then_dropped() {
-    let mut env = Env::ready();
+    // The records are written straight into the SQLite file.
+    let mut env = Env::ready_with(|o| o.sqlite_only = true);
     env.cli(&["case", "open", "BIG-1", "--requester", ALICE, "GDB-0001"]).ok();
     assert_eq!(env.stop(), Some(0));
     // About 10 MB of feed: far more than the socket buffers hold.
