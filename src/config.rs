@@ -291,7 +291,7 @@ staff_group = "workcopy-staff"
     #[test]
     fn shared_register_keys() {
         let c = parse(
-            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/run/credentials/workcopy.service/db-password\"\n",
+            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/etc/workcopy/db-password\"\n",
         );
         assert!(
             matches!(c, Ok(ref c) if c.host == "transfer-2" && c.heartbeat == Duration::from_secs(3) && c.shared_register()

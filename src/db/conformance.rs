@@ -73,7 +73,7 @@ pub(crate) use conformance_tests;
 const DEPT: &str = "RH-KGA";
 const OTHER_DEPT: &str = "HGH-GEN";
 
-fn file(id: &str, path: &str, size: u64) -> anyhow::Result<CatalogFile> {
+pub(crate) fn file(id: &str, path: &str, size: u64) -> anyhow::Result<CatalogFile> {
     Ok(CatalogFile {
         file_id: FileId::parse(id)?,
         path: CatalogPath::parse(path)?,
@@ -85,7 +85,7 @@ fn file(id: &str, path: &str, size: u64) -> anyhow::Result<CatalogFile> {
     })
 }
 
-fn rows(files: &[CatalogFile]) -> Vec<CatalogRow> {
+pub(crate) fn rows(files: &[CatalogFile]) -> Vec<CatalogRow> {
     files
         .iter()
         .enumerate()
