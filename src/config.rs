@@ -232,7 +232,7 @@ impl Config {
 
 /// The machine's hostname up to its first dot, as a register host name
 /// (`localhost` when it has none that is one).
-fn default_host() -> String {
+pub fn default_host() -> String {
     let name = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

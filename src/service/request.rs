@@ -88,13 +88,18 @@ impl Service {
         let case_ref = req.case_ref().map(str::to_owned);
         let case = case_ref.as_deref().map(tracing::field::display);
         if role == Role::Nobody {
-            return Err(self.refuse_nobody(caller));
+            let refusal = self.refuse_nobody(caller);
+            self.counters.refused(refusal.kind);
+            return Err(refusal);
         }
         let actor = self.actor(caller.uid);
         let result = self.dispatch(&role, &actor, req, fds, cancel).await;
         match &result {
             Ok(_) => info!(op, case, uid = caller.uid, "done"),
-            Err(r) => info!(op, case, uid = caller.uid, kind = ?r.kind, "refused"),
+            Err(r) => {
+                info!(op, case, uid = caller.uid, kind = ?r.kind, "refused");
+                self.counters.refused(r.kind);
+            }
         }
         result
     }
@@ -169,6 +174,18 @@ impl Service {
             Request::AuditVerify => {
                 staff_only("audit verify")?;
                 self.audit_verify().await
+            }
+            Request::Metrics => {
+                staff_only("metrics")?;
+                self.metrics().await
+            }
+            // The control server streams the feed itself (`Service::open_feed`).
+            Request::Events { .. } => {
+                staff_only("events")?;
+                Err(refuse(
+                    RefusalKind::Invalid,
+                    "the feed is a streamed reply; read it with `workcopy events`",
+                ))
             }
             Request::CaseMove { case_ref, to } => {
                 staff_only("case move")?;

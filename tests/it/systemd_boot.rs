@@ -427,6 +427,33 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     );
     sys.sh(&pull).ok().stdout_has("S1_R1.fastq.gz: OK").stdout_has("S1_R2.fastq.gz: OK");
     assert!(staff(&format!("case log {CASE}")).ok().stdout.contains("file_opened"));
+    // The feed has it all, in order.
+    staff("events").ok().stdout_has("1  ").stdout_has(&format!("{CASE} #3  exported"));
+
+    // Metrics: the installed service, in its sandbox, writes node_exporter's
+    // textfile (its directory comes with prometheus-node-exporter); the
+    // timer runs it every 15 s.
+    let prom = "/var/lib/prometheus/node-exporter/workcopy.prom";
+    sys.sh("install -d -m 0755 /var/lib/prometheus/node-exporter").ok();
+    sys.run(&["systemctl", "start", "workcopy-metrics.service"]).ok();
+    let text = sys.run(&["cat", prom]).ok().stdout;
+    assert!(
+        text.contains("state=\"exported\"} 1") && text.contains("workcopy_file_opens_total") && text.ends_with("# EOF\n"),
+        "{text}"
+    );
+    assert_eq!(sys.run(&["stat", "-c", "%a", prom]).ok().stdout.trim(), "644");
+    sys.run(&["systemctl", "start", "workcopy-metrics.timer"]).ok();
+    let timer = sys
+        .run(&["systemctl", "show", "workcopy-metrics.timer", "--property=ActiveState"])
+        .ok();
+    assert_eq!(timer.stdout.trim(), "ActiveState=active", "{timer}");
+    let out = sys
+        .run(&["systemd-analyze", "security", "--no-pager", "workcopy-metrics.service"])
+        .ok();
+    assert!(
+        out.stdout.contains("Overall exposure level for workcopy-metrics.service: 0."),
+        "{out}"
+    );
 
     // Reload with a good directory.
     sys.run(&["systemctl", "reload", "workcopy.service"]).ok();
@@ -579,6 +606,10 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     assert_eq!(p["ActiveState"], "inactive", "{p:?}");
     assert_eq!(p["Result"], "success", "{p:?}\n{}", sys.journal_text());
     assert_eq!(sys.mounted("/srv/workcopy"), None, "stop unmounts the export");
+    // With no daemon the metrics say so, and their service fails.
+    sys.run(&["systemctl", "start", "workcopy-metrics.service"]).fails();
+    let text = sys.run(&["cat", "/var/lib/prometheus/node-exporter/workcopy.prom"]).ok().stdout;
+    assert!(text.contains("workcopy_up{") && text.contains("} 0\n# EOF"), "{text}");
 
     let took = started.elapsed();
     drop(sys);
