@@ -256,7 +256,7 @@ impl Config {
 
 /// The machine's hostname up to its first dot, as a register host name
 /// (`localhost` when it has none that is one).
-fn default_host() -> String {
+pub fn default_host() -> String {
     let name = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -330,7 +330,7 @@ staff_group = "workcopy-staff"
     #[test]
     fn shared_register_keys() {
         let c = parse(
-            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/run/credentials/workcopy.service/db-password\"\n",
+            "database_url = \"postgres://wc@db/wc\"\nhost = \"transfer-2\"\nheartbeat = \"3s\"\ndatabase_password_file = \"/etc/workcopy/db-password\"\n",
         );
         assert!(
             matches!(c, Ok(ref c) if c.host == "transfer-2" && c.heartbeat == Duration::from_secs(3) && c.shared_register()

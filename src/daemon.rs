@@ -230,6 +230,7 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(svc.clone().fold_counted_accesses());
+    tokio::spawn(svc.clone().audit_periodically());
     // The first heartbeat before anything else asks who the hosts are.
     tokio::spawn(svc.clone().run_heartbeat());
     tokio::spawn(svc.clone().run_reconciler());

@@ -25,6 +25,33 @@ Exit status: 0 on success, 1 when the daemon refused or a check failed,
 2 on a usage error, 3 when the daemon cannot be reached, 78 when `serve`
 or `config check` finds the config or the directory wrong.";
 
+const EVENTS_HELP: &str = "\
+Each record of every case log has a feed number: 1, 2, 3, … in the order the
+records were committed, without gaps, kept across restarts. A script that
+remembers the last number it handled resumes after it with --since, and with
+--follow is told of new records as they commit. A line reads
+  SEQ  TIME  REF #N  EVENT  ACTOR (UID)  DETAILS
+where N is the record's number in the case's own log. With --json each line is
+an object: seq, case_ref, case_seq, at, actor, uid, event, details, prev_hash, hash.
+State changes are the events opened, approved, exported, blocked, rejected,
+received, closed and expired; scripts/workcopy-notify-example acts on them.
+
+Examples:
+  workcopy events --since 1200                      # what happened after record 1200
+  workcopy events --follow --json --since \"$(cat /var/lib/notify/last-seq)\"";
+
+const METRICS_HELP: &str = "\
+Cases per state and since when, case-log records, file opens, bytes served,
+staging work, verification failures, refusals, the last audit, whether the
+database answers; every sample carries the host. When no daemon answers, the
+output is workcopy_up 0 and the exit status 3. The shipped
+workcopy-metrics.timer writes them for node_exporter's textfile collector
+every 15 s; doc/OPERATIONS.md lists every metric and example alert rules.
+
+Examples:
+  workcopy metrics
+  workcopy metrics --output /var/lib/prometheus/node-exporter/workcopy.prom";
+
 #[derive(Parser, Debug)]
 #[command(name = "workcopy", version, about = "Deliver verified working copies of GDB files to the department that submitted them", after_help = EXAMPLES)]
 pub struct Cli {
@@ -59,6 +86,27 @@ pub enum Command {
     /// Check the case logs' hash chains
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Every case-log record of every case, in commit order, numbered (staff)
+    #[command(after_help = EVENTS_HELP)]
+    Events {
+        /// Only records after this feed number (the last one a script saw)
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Go on printing records as they are committed, until interrupted
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line, with the feed number as `seq`
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's metrics as OpenMetrics text, for Prometheus (staff)
+    #[command(after_help = METRICS_HELP)]
+    Metrics {
+        /// Write them into this file instead of standard output, atomically
+        /// (a temporary file in the same directory, renamed over it)
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
     /// Make the daemon read the directory again (staff); fails with the reason when it is refused
     #[command(
         after_help = "A refused directory leaves the previous one in force. The unit's ExecReload=\nruns this, so `systemctl reload workcopy` fails when the directory is refused.\n\nExample:\n  workcopy config check && workcopy reload"

@@ -9,7 +9,9 @@ mod case;
 mod catalog;
 mod config;
 mod docs;
+mod events;
 mod hosts;
+mod metrics;
 mod render;
 mod request;
 mod status;
@@ -242,6 +244,21 @@ mod reply {
             _ => None,
         }
     }
+
+    pub(super) fn metrics(r: Reply) -> Option<Box<crate::control::proto::MetricsReply>> {
+        match r {
+            Reply::Metrics(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// A frame of the feed, and whether more frames follow.
+    pub(super) fn events(r: Reply) -> Option<(Vec<crate::db::FeedRecord>, bool)> {
+        match r {
+            Reply::Events { records, more } => Some((records, more)),
+            _ => None,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -268,6 +285,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),
         Command::Audit(AuditCmd::Verify { file: None, json }) => audit::verify(&cli, *json),
+        Command::Events { since, follow, json } => events::run(&cli, *since, *follow, *json),
+        Command::Metrics { output } => metrics::run(&cli, output.as_deref()),
         Command::Reload => config::reload(&cli),
         Command::Config(ConfigCmd::Check { directory }) => config::check(&cli, directory.as_deref()),
         Command::Hosts(j) => hosts::list(&cli, j.json),

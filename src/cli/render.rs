@@ -6,6 +6,7 @@
 use super::Failure;
 use crate::audit::EventRecord;
 use crate::control::proto::{AuditReport, CaseView, StatusReply};
+use crate::db::FeedRecord;
 use crate::domain::case::CaseRecord;
 use crate::domain::catalog::{CatalogFile, ImportSummary};
 use crate::domain::search::SearchHit;
@@ -349,6 +350,49 @@ pub(super) fn log_next_page(case_ref: &str, next: u64, limit: Option<u32>, json:
         command.push_str(" --json");
     }
     let _ = writeln!(io::stderr(), "more records follow; the next page: {command}");
+}
+
+/// `events`: one line per record of the feed.
+pub(super) fn feed_line(o: &mut impl Write, r: &FeedRecord) -> io::Result<()> {
+    let e = &r.record;
+    writeln!(
+        o,
+        "{}  {}  {} #{}  {}  {} ({})  {}",
+        r.feed_seq, e.at, e.case_ref, e.seq, e.event, e.actor, e.uid, e.details
+    )
+}
+
+/// `events --json`: one JSON object per line, `seq` being the feed number
+/// and `case_seq` the record's number in its case's log.
+pub(super) fn feed_json_line(o: &mut impl Write, r: &FeedRecord) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        seq: u64,
+        case_ref: &'a str,
+        case_seq: u64,
+        at: &'a str,
+        actor: &'a str,
+        uid: u32,
+        event: &'a str,
+        details: &'a serde_json::Value,
+        prev_hash: &'a str,
+        hash: &'a str,
+    }
+    let e = &r.record;
+    let line = Line {
+        seq: r.feed_seq,
+        case_ref: &e.case_ref,
+        case_seq: e.seq,
+        at: &e.at,
+        actor: &e.actor,
+        uid: e.uid,
+        event: &e.event,
+        details: &e.details,
+        prev_hash: &e.prev_hash,
+        hash: &e.hash,
+    };
+    serde_json::to_writer(&mut *o, &line).map_err(io::Error::other)?;
+    writeln!(o)
 }
 
 /// `case open`'s verification report.

@@ -47,6 +47,28 @@ impl Client {
                 Err(_) => Err(e.into()),
             };
         }
+        self.recv()
+    }
+
+    /// Sends a request whose reply is a stream of frames (`events`); read
+    /// them with [`recv`](Client::recv).
+    pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        if body.len() > MAX_REQUEST {
+            return Err(ClientError::TooLarge(body.len(), MAX_REQUEST));
+        }
+        if let Err(e) = send_blocking(&mut self.sock, &body, &[]) {
+            // The daemon may have refused the connection and closed: its
+            // reply, which `recv` reads next, says why.
+            if !matches!(e, FrameError::Io(ref io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next reply frame.
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
         let reply = recv_blocking(&mut self.sock, MAX_REPLY)?;
         serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))
     }

@@ -8,6 +8,7 @@
 
 use crate::audit::EventRecord;
 use crate::config::Mode;
+use crate::db::{FeedRecord, StateSummary};
 use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
@@ -23,6 +24,8 @@ pub const MAX_REPLY: usize = 64 << 20;
 pub const LOG_PAGE_DEFAULT: u32 = 1000;
 /// The most records one `case log` reply holds.
 pub const LOG_PAGE_MAX: u32 = 10_000;
+/// The most records one frame of an `events` reply holds.
+pub const FEED_FRAME_RECORDS: u32 = 500;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -99,6 +102,18 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<String>,
     },
+    /// The daemon's counters and the register's gauges, for `workcopy metrics`.
+    Metrics,
+    /// The feed: every case-log record with a feed number above `since`, in
+    /// feed order. The reply is a stream of [`Reply::Events`] frames on the
+    /// connection, the last with `more: false`; with `follow` it never ends
+    /// (frames come as records commit) until the client hangs up.
+    Events {
+        #[serde(default)]
+        since: u64,
+        #[serde(default)]
+        follow: bool,
+    },
     /// Serve an approved or exported case from another host.
     CaseMove {
         case_ref: String,
@@ -134,6 +149,8 @@ impl Request {
             Request::RequestShow { .. } => "request show",
             Request::RequestCancel { .. } => "request cancel",
             Request::CatalogSearch { .. } => "catalog search",
+            Request::Events { .. } => "events",
+            Request::Metrics => "metrics",
             Request::CaseMove { .. } => "case move",
             Request::Hosts => "hosts",
             Request::HostRetire { .. } => "host retire",
@@ -162,6 +179,8 @@ impl Request {
             | Request::CaseList { .. }
             | Request::AuditVerify
             | Request::Reload
+            | Request::Events { .. }
+            | Request::Metrics
             | Request::Hosts
             | Request::HostRetire { .. } => None,
         }
@@ -191,8 +210,34 @@ pub enum RefusalKind {
     Failed,
     /// Something went wrong inside the daemon.
     Internal,
-    /// A limit of the config was reached (`max_open_requests_per_user`, `max_files_per_case`).
+    /// A limit of the config was reached (`max_open_requests_per_user`,
+    /// `max_requests_per_user_per_day`, `max_files_per_case`).
     Limit,
+}
+
+impl RefusalKind {
+    pub const ALL: [RefusalKind; 7] = [
+        RefusalKind::Denied,
+        RefusalKind::NotFound,
+        RefusalKind::Invalid,
+        RefusalKind::State,
+        RefusalKind::Failed,
+        RefusalKind::Internal,
+        RefusalKind::Limit,
+    ];
+
+    /// The name scripts and metrics know it by (as in JSON).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Denied => "denied",
+            RefusalKind::NotFound => "not_found",
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::State => "state",
+            RefusalKind::Failed => "failed",
+            RefusalKind::Internal => "internal",
+            RefusalKind::Limit => "limit",
+        }
+    }
 }
 
 impl Refusal {
@@ -287,6 +332,57 @@ pub struct DeliveredFile {
     pub sha256: String,
 }
 
+/// What `workcopy metrics` shows: this daemon's counters (since it
+/// started) and the register's gauges (`None`/empty when the database could
+/// not be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    /// This daemon's name (the `host` label).
+    pub host: String,
+    pub version: String,
+    pub mode: Mode,
+    pub read_path: Option<ReadPath>,
+    /// When this daemon started (unix seconds).
+    pub started_at: i64,
+    /// Whether the register answered the queries below.
+    pub database_up: bool,
+    pub states: Vec<StateSummary>,
+    /// The feed head: records ever written to the case logs.
+    pub feed_head: Option<u64>,
+    pub file_opens: u64,
+    /// Bytes read through the user-space path (not passthrough).
+    pub served_bytes: u64,
+    pub open_files: u64,
+    /// Bytes of the staged copies on disk now.
+    pub staging_bytes: u64,
+    pub staging_jobs: u64,
+    /// Cases this daemon shows in its mount now.
+    pub mount_cases: u64,
+    /// Bytes copied or hashed by staging and by the checks after a start.
+    pub staged_bytes: u64,
+    /// Time spent by that work, in nanoseconds.
+    pub staging_nanos: u64,
+    /// Files whose bytes did not match the catalog, by when they were
+    /// checked (`staging`, `restart`).
+    pub verification_failures: Vec<(String, u64)>,
+    pub refusals: Vec<(RefusalKind, u64)>,
+    /// Connections closed because their uid held too many.
+    pub connections_refused: u64,
+    /// The last check of every case log (`audit verify` or the daemon's own).
+    pub audit: Option<AuditStatus>,
+}
+
+/// The outcome of the last check of every case log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// When it finished (unix seconds).
+    pub at: i64,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
+    pub checked_logs: u64,
+    pub failed_logs: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
     pub cases: u64,
@@ -324,6 +420,12 @@ pub enum Reply {
         /// More files matched than the reply holds.
         more: bool,
     },
+    /// One frame of the feed; `more` when further frames follow on the connection.
+    Events {
+        records: Vec<FeedRecord>,
+        more: bool,
+    },
+    Metrics(Box<MetricsReply>),
     Hosts {
         hosts: Vec<HostView>,
     },
@@ -372,6 +474,7 @@ mod tests {
                 sample: None,
                 since: Some("2026-01-31".into()),
             },
+            Request::Events { since: 42, follow: true },
         ];
         for r in reqs {
             let text = serde_json::to_string(&r).unwrap_or_default();
@@ -379,5 +482,9 @@ mod tests {
             assert_eq!(back.ok(), Some(r));
         }
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"events"}"#).ok(),
+            Some(Request::Events { since: 0, follow: false })
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! message gets an error reply and closes that connection only.
 
 use super::frame::{FrameError, MAX_FDS, encode, recv_with_fds};
-use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Request, Response};
+use super::proto::{MAX_REQUEST, Refusal, RefusalKind, Reply, Request, Response};
 use crate::domain::case::Role;
 use crate::service::{Caller, Service};
 use crate::sync::Cancel;
@@ -20,6 +20,9 @@ const IDLE: Duration = Duration::from_secs(120);
 /// How long a reply may take to be written: a client that does not read
 /// gives its connection up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a feed follower with nothing new looks at the feed anyway,
+/// should a prompt of the store's have been missed.
+const FEED_RECHECK: Duration = Duration::from_secs(60);
 
 /// Binds the socket: removes a stale socket file, makes the parent
 /// directory, and opens the file to everyone (authorization is by credentials).
@@ -109,6 +112,7 @@ pub async fn run(listener: UnixListener, svc: Arc<Service>) {
                         Some(s) => Some(s),
                         None => {
                             warn!(uid = cred.uid(), "too many connections from this uid; closing a new one");
+                            svc.counters.connection_refused();
                             discard_stream(stream);
                             continue;
                         }
@@ -200,7 +204,7 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
     // Anyone who is neither staff nor a transfer account gets one answer and
     // nothing else: no request is read, no memory is spent on it.
     if svc.role(&caller) == Role::Nobody {
-        let _ = reply(stream, &Err(svc.refuse_nobody(&caller))).await;
+        let _ = reply(stream, &Err(refused(svc, svc.refuse_nobody(&caller)))).await;
         return;
     }
     loop {
@@ -208,19 +212,14 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
         let frame = match tokio::time::timeout(IDLE, read_frame(stream, MAX_REQUEST, received)).await {
             Err(_) | Ok(Err(FrameError::Closed)) => return,
             Ok(Err(FrameError::TooLarge(n, max))) => {
-                let _ = reply(
-                    stream,
-                    &Err(Refusal::new(
-                        RefusalKind::Invalid,
-                        format!("request of {n} bytes exceeds the limit of {max}"),
-                    )),
-                )
-                .await;
+                let refusal = Refusal::new(RefusalKind::Invalid, format!("request of {n} bytes exceeds the limit of {max}"));
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
             Ok(Err(FrameError::TooManyFds)) => {
                 warn!(uid = caller.uid, "request with too many file descriptors refused");
-                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string()))).await;
+                let refusal = Refusal::new(RefusalKind::Invalid, FrameError::TooManyFds.to_string());
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
             Ok(Err(FrameError::Io(e))) => {
@@ -236,10 +235,20 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
             Ok(r) => r,
             Err(e) => {
                 warn!(uid = caller.uid, "malformed request");
-                let _ = reply(stream, &Err(Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}")))).await;
+                let refusal = Refusal::new(RefusalKind::Invalid, format!("malformed request: {e}"));
+                let _ = reply(stream, &Err(refused(svc, refusal))).await;
                 return;
             }
         };
+        if let Request::Events { since, follow } = request {
+            match stream_events(stream, svc, &caller, since, follow).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    debug!(uid = caller.uid, error = %e, "feed reader gone");
+                    return;
+                }
+            }
+        }
         // The request runs to its end (a half-done state change is worse than
         // a wasted one), but long work stops when the client hangs up.
         let cancel = Cancel::default();
@@ -265,6 +274,63 @@ async fn converse(stream: &mut UnixStream, svc: &Arc<Service>, received: &mut Ve
         };
         if reply(stream, &response).await.is_err() {
             return;
+        }
+    }
+}
+
+/// A refusal the server itself sends, counted for `metrics` like the service's.
+fn refused(svc: &Service, refusal: Refusal) -> Refusal {
+    svc.counters.refused(refusal.kind);
+    refusal
+}
+
+/// Streams the feed after `since` as [`Reply::Events`] frames. Without
+/// `follow` it ends with the frame that reaches the head read at the start
+/// (`more: false`), and the connection takes the next request; with
+/// `follow` it goes on as records commit, until the client hangs up (`Err`).
+///
+/// Bounded: one frame at a time is read from the store and written, so a
+/// client that reads slowly holds the stream back, and one that stops
+/// reading loses its connection after [`WRITE_TIMEOUT`]. While there is
+/// nothing to send, no write is pending and the follower may wait for ever.
+async fn stream_events(stream: &mut UnixStream, svc: &Arc<Service>, caller: &Caller, since: u64, follow: bool) -> std::io::Result<()> {
+    // Marked seen before each read of the feed, so no commit falls between
+    // an empty page and the wait.
+    let mut prompt = svc.store().committed();
+    prompt.borrow_and_update();
+    let end = match svc.open_feed(caller, since, follow).await {
+        Ok(head) => head,
+        Err(refusal) => return reply(stream, &Err(refusal)).await,
+    };
+    let mut after = since;
+    loop {
+        prompt.borrow_and_update();
+        let records = match svc.feed_frame(after).await {
+            Ok(r) => r,
+            Err(refusal) => return reply(stream, &Err(refusal)).await,
+        };
+        if let Some(last) = records.last() {
+            after = last.feed_seq;
+        }
+        let caught_up = records.is_empty();
+        let done = !follow && (caught_up || after >= end);
+        if !caught_up || done {
+            reply(stream, &Ok(Reply::Events { records, more: !done })).await?;
+        }
+        if done {
+            return Ok(());
+        }
+        if !caught_up {
+            continue;
+        }
+        tokio::select! {
+            changed = prompt.changed() => {
+                if changed.is_err() {
+                    return Err(std::io::Error::other("the store closed"));
+                }
+            }
+            _ = peer_gone(stream) => return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            _ = tokio::time::sleep(FEED_RECHECK) => {}
         }
     }
 }

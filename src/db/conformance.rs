@@ -10,7 +10,7 @@
 //! A new check is an `async fn(Arc<dyn Store>) -> anyhow::Result<()>` here,
 //! named in the macro's list.
 
-use super::{NewCase, Recorded, Store, StoreError};
+use super::{FeedRecord, NewCase, Recorded, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{AccessKind, Coalescing, FileAccess, accesses_in};
 use crate::domain::case::CaseState;
@@ -58,7 +58,12 @@ macro_rules! conformance_tests {
             serving_reports_replace_the_last,
             heartbeats_register_hosts_and_retirement_sticks,
             concurrent_moves_of_one_case_are_serialised,
-            unsealed_cases_are_the_ended_ones_without_a_seal
+            unsealed_cases_are_the_ended_ones_without_a_seal,
+            state_summary_counts_and_dates_each_state,
+            the_feed_numbers_every_record_in_commit_order,
+            feed_pages_resume_after_any_number,
+            concurrent_writers_number_the_feed_without_gaps,
+            committed_moves_after_each_commit_that_wrote_records
         );
     };
     (@each $open:path; $($check:ident),*) => {
@@ -1296,5 +1301,242 @@ pub async fn unsealed_cases_are_the_ended_ones_without_a_seal(store: Arc<dyn Sto
         .append_in("C-1", &CaseState::TERMINAL, event(EventKind::Sealed.as_str(), 4))
         .await?;
     ensure!(store.unsealed_cases().await? == ["C-2"], "C-1 is sealed");
+    Ok(())
+}
+
+pub async fn state_summary_counts_and_dates_each_state(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let empty = store.state_summary().await?;
+    ensure!(
+        empty.iter().map(|s| s.state).collect::<Vec<_>>() == CaseState::ALL
+            && empty.iter().all(|s| s.cases == 0 && s.oldest_since.is_none()),
+        "a new store: {empty:?}"
+    );
+    let before = crate::unix::now_secs();
+    for case_ref in ["C-1", "C-2", "C-3"] {
+        open_case(&store, case_ref, DEPT).await?;
+    }
+    store
+        .transition("C-1", CaseState::Open, CaseState::Blocked, event("blocked", 1))
+        .await?;
+    let after = crate::unix::now_secs();
+    let summary = store.state_summary().await?;
+    let counts = store.count_by_state().await?;
+    ensure!(
+        summary.iter().map(|s| (s.state, s.cases)).collect::<Vec<_>>() == counts,
+        "the summary's counts differ from count_by_state: {summary:?}"
+    );
+    for s in &summary {
+        match s.state {
+            CaseState::Open | CaseState::Blocked => ensure!(
+                s.oldest_since.is_some_and(|t| (before..=after).contains(&t)),
+                "{}: since {:?}, not within {before}..={after}",
+                s.state,
+                s.oldest_since
+            ),
+            _ => ensure!(s.oldest_since.is_none(), "{}: since {:?} with no case", s.state, s.oldest_since),
+        }
+    }
+    Ok(())
+}
+
+/// The whole feed, read in pages of `limit`.
+async fn whole_feed(store: &Arc<dyn Store>, limit: u32) -> anyhow::Result<Vec<FeedRecord>> {
+    let mut all: Vec<FeedRecord> = Vec::new();
+    loop {
+        let page = store.feed_page(all.last().map_or(0, |r| r.feed_seq), limit).await?;
+        ensure!(page.len() <= limit as usize, "a page of {} records", page.len());
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
+/// The feed numbers `1..=n` without gaps, and every record as its case log holds it.
+async fn check_feed(store: &Arc<dyn Store>, feed: &[FeedRecord]) -> anyhow::Result<()> {
+    let numbers: Vec<u64> = feed.iter().map(|r| r.feed_seq).collect();
+    ensure!(
+        numbers == (1..=feed.len() as u64).collect::<Vec<u64>>(),
+        "feed numbers have gaps or repeats: {numbers:?}"
+    );
+    ensure!(store.feed_head().await? == feed.len() as u64, "the head is not the last number");
+    let mut cases: Vec<&str> = feed.iter().map(|r| r.record.case_ref.as_str()).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    let mut total = 0;
+    for case_ref in cases {
+        let log = store.events(case_ref).await?;
+        let fed: Vec<&EventRecord> = feed.iter().map(|r| &r.record).filter(|r| r.case_ref == case_ref).collect();
+        // A case's records reach the feed in the order of its log.
+        ensure!(
+            fed == log.iter().collect::<Vec<_>>(),
+            "{case_ref}: the feed's records are not its log, in order"
+        );
+        total += log.len();
+    }
+    ensure!(total == feed.len(), "the feed holds {} records, the logs {total}", feed.len());
+    Ok(())
+}
+
+pub async fn the_feed_numbers_every_record_in_commit_order(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    ensure!(store.feed_head().await? == 0, "a new store's feed head");
+    ensure!(store.feed_page(0, 10).await?.is_empty(), "a new store's feed");
+    // Records as the writes returned them, in the order they were made;
+    // refused writes in between must leave no gap.
+    let mut written = vec![open_case(&store, "C-1", DEPT).await?];
+    written.push(open_case(&store, "C-2", OTHER_DEPT).await?);
+    ensure!(open_case(&store, "C-1", DEPT).await.is_err(), "a taken reference");
+    written.push(
+        store
+            .transition("C-2", CaseState::Open, CaseState::Approved, event("approved", 1))
+            .await?,
+    );
+    let stale = store
+        .transition("C-2", CaseState::Open, CaseState::Rejected, event("rejected", 1))
+        .await;
+    expect_conflict(stale, "C-2", CaseState::Open, CaseState::Approved)?;
+    written.push(store.append_in("C-1", &[CaseState::Open], event("noted", 2)).await?);
+    let late = store.append_in("C-2", &[CaseState::Open], event("noted", 2)).await;
+    expect_conflict(late, "C-2", CaseState::Open, CaseState::Approved)?;
+    written.push(
+        store
+            .transition("C-2", CaseState::Approved, CaseState::Exported, event("exported", 3))
+            .await?,
+    );
+    // A counted access writes no record; the transition that folds it writes two.
+    let open = access("C-2", "a.fq", 2001, AccessKind::Opened);
+    for _ in 0..3 {
+        if let Recorded::Record(r) = store.record_access(&open, &COUNT_AFTER_TWO).await? {
+            written.push(r);
+        }
+    }
+    let received = store
+        .transition("C-2", CaseState::Exported, CaseState::Received, event("received", 4))
+        .await?;
+    let counted = store.events_page("C-2", received.seq - 2, 1).await?;
+    written.extend(counted);
+    written.push(received);
+
+    let feed = whole_feed(&store, 1000).await?;
+    check_feed(&store, &feed).await?;
+    ensure!(
+        feed.iter().map(|r| &r.record).collect::<Vec<_>>() == written.iter().collect::<Vec<_>>(),
+        "the feed is not the records in the order they were written"
+    );
+    Ok(())
+}
+
+pub async fn feed_pages_resume_after_any_number(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    for n in 0..7 {
+        let case_ref = format!("C-{}", n % 3);
+        if n < 3 {
+            open_case(&store, &case_ref, DEPT).await?;
+        } else {
+            store.append_in(&case_ref, &[CaseState::Open], event("noted", n)).await?;
+        }
+    }
+    let all = whole_feed(&store, 1000).await?;
+    ensure!(all.len() == 7, "{} records", all.len());
+    ensure!(whole_feed(&store, 3).await? == all, "pages of 3 differ from the whole");
+    ensure!(whole_feed(&store, 1).await? == all, "pages of 1 differ from the whole");
+    for after in 0..=7u64 {
+        let rest = store.feed_page(after, 1000).await?;
+        ensure!(rest[..] == all[after as usize..], "after {after}: not the rest of the feed");
+    }
+    ensure!(store.feed_page(7, 10).await?.is_empty(), "past the head");
+    ensure!(store.feed_page(u64::MAX, 10).await?.is_empty(), "far past the head");
+    // Records written later continue the numbers.
+    let next = store.append_in("C-1", &[CaseState::Open], event("noted", 8)).await?;
+    let page = store.feed_page(7, 10).await?;
+    ensure!(
+        matches!(&page[..], [r] if r.feed_seq == 8 && r.record == next),
+        "after more writes: {page:?}"
+    );
+    Ok(())
+}
+
+/// Writers on several cases at once (appends, transitions, accesses): the
+/// feed is `1..=n` without gaps, each case's records in its log's order.
+pub async fn concurrent_writers_number_the_feed_without_gaps(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 30;
+    for case_ref in ["C-0", "C-1", "C-2"] {
+        exported_case(&store, case_ref).await?;
+    }
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let case_ref = format!("C-{}", (task + i) % 3);
+                if i % 5 == 4 {
+                    let a = access(&case_ref, "a.fq", 2001, AccessKind::Opened);
+                    store.record_access(&a, &COUNT_AFTER_TWO).await?;
+                } else {
+                    let ev = NewEvent {
+                        details: serde_json::json!({ "task": task, "i": i }),
+                        ..event("file_read", 0)
+                    };
+                    store.append_in(&case_ref, &CaseState::VISIBLE, ev).await?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    for case_ref in ["C-0", "C-1", "C-2"] {
+        store
+            .transition(case_ref, CaseState::Exported, CaseState::Received, event("received", 9))
+            .await?;
+        verified_log(&store, case_ref).await?;
+    }
+    let feed = whole_feed(&store, 100).await?;
+    check_feed(&store, &feed).await?;
+    Ok(())
+}
+
+pub async fn committed_moves_after_each_commit_that_wrote_records(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let wait = Duration::from_secs(10);
+    open_case(&store, "C-1", DEPT).await?;
+    let mut rx = store.committed();
+    // A value read out of the watch: its guard must not be held across an await.
+    let start = *rx.borrow_and_update();
+    ensure!(start == store.feed_head().await?, "it starts at the head");
+
+    store.append_in("C-1", &[CaseState::Open], event("noted", 1)).await?;
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .context("no prompt after an append")??;
+    ensure!(*rx.borrow_and_update() >= 2, "the prompt is behind the head");
+
+    // A refused write and a counted access write no record: no prompt.
+    let refused = store.append_in("C-1", &[CaseState::Closed], event("noted", 2)).await;
+    expect_conflict(refused, "C-1", CaseState::Closed, CaseState::Open)?;
+    ensure!(!rx.has_changed()?, "a refused write moved the prompt");
+
+    // Several commits while nobody looks: one prompt, at the last head or beyond.
+    for n in 3..6 {
+        store.append_in("C-1", &[CaseState::Open], event("noted", n)).await?;
+    }
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .context("no prompt after three appends")??;
+    let seen = *rx.borrow_and_update();
+    ensure!(seen >= store.feed_head().await?, "the prompt is behind the head");
+    ensure!(store.feed_head().await? == 5, "the head after five records");
+
+    // Every follower gets its own prompt.
+    let mut other = store.committed();
+    other.borrow_and_update();
+    store.append_in("C-1", &[CaseState::Open], event("noted", 6)).await?;
+    tokio::time::timeout(wait, other.changed())
+        .await
+        .context("a second follower had no prompt")??;
+    tokio::time::timeout(wait, rx.changed())
+        .await
+        .context("the first follower had no prompt")??;
     Ok(())
 }

@@ -229,6 +229,56 @@ pub trait Store: Send + Sync + 'static {
     /// not a list of changes. A missed change is caught by looking again
     /// periodically.
     fn case_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// For every state in [`CaseState::ALL`] order: how many cases are in
+    /// it, and since when (unix seconds) the case longest in it has been
+    /// there (`None` when no case is), read in one snapshot.
+    async fn state_summary(&self) -> Result<Vec<StateSummary>, StoreError>;
+
+    /// **The feed.** Every record of every case log carries a second,
+    /// global number, its *feed number*: 1, 2, 3, … in the order the
+    /// records' transactions committed, without gaps. The transaction that
+    /// writes a record takes the next feed number from a single counter row
+    /// (`UPDATE feed_head SET seq = seq + 1 RETURNING seq`) after it holds
+    /// the case's write lock, and stores it with the record; on a server
+    /// database the counter row's lock orders the committers, so a number is
+    /// visible only once every smaller one is, and a transaction that rolls
+    /// back gives its number back.
+    ///
+    /// At most `limit` records with a feed number above `after_seq`, in feed
+    /// order (empty past the head). Pages read one after the other, each
+    /// after the last feed number of the one before, form the feed without
+    /// gaps or repeats, across restarts and whichever host wrote a record.
+    async fn feed_page(&self, after_seq: u64, limit: u32) -> Result<Vec<FeedRecord>, StoreError>;
+    /// The last feed number given (0 while no case log has a record). Every
+    /// record up to it has committed and is visible to [`feed_page`](Store::feed_page).
+    async fn feed_head(&self) -> Result<u64, StoreError>;
+    /// A prompt to read the feed again, without asking the database: its
+    /// value moves forward (to at least the new feed head) after every commit
+    /// that wrote records, in this process or — on a shared register —
+    /// learnt of from another host, and never moves back. It starts at the
+    /// head when the store was opened. A follower reads
+    /// [`feed_page`](Store::feed_page) until it is empty, then waits for a
+    /// change; it marks the value seen *before* reading, so no commit slips
+    /// between its last page and its wait.
+    fn committed(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// One record of the feed: a case-log record (which names its case and
+/// its number in the case's log) and its feed number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FeedRecord {
+    pub feed_seq: u64,
+    pub record: EventRecord,
+}
+
+/// Cases in one state, for [`Store::state_summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateSummary {
+    pub state: CaseState,
+    pub cases: u64,
+    /// `state_since` (unix seconds) of the case longest in this state.
+    pub oldest_since: Option<i64>,
 }
 
 /// The limits [`Store::create_request`] keeps per requester.

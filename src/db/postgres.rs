@@ -6,7 +6,7 @@
 //! new cases, so the check that a live case's files do not change holds.
 
 use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record, unsealed_sql};
-use super::{CaseRecord, ImportSummary, NewCase, Recorded, RequestLimits, Store, StoreError};
+use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -22,7 +22,9 @@ use sqlx::{Postgres, Row};
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -37,6 +39,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PgStore {
     pool: PgPool,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Moved to the feed head after every commit that wrote records, here
+    /// or (by a notification on [`FEED_CHANNEL`]) on another host.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 /// The connection options of `url`, with the password from `password_file`
@@ -93,13 +98,19 @@ fn is_refusal(e: &StoreError) -> bool {
 struct Tx {
     conn: PoolConnection<Postgres>,
     ended: bool,
+    /// The last feed number this transaction took, if it wrote a record.
+    feed_seq: Option<u64>,
+    /// Told that feed number once the transaction committed.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl Tx {
-    async fn begin(pool: &PgPool) -> Result<Tx, StoreError> {
+    async fn begin(pool: &PgPool, committed: &Arc<watch::Sender<u64>>) -> Result<Tx, StoreError> {
         let mut tx = Tx {
             conn: pool.acquire().await?,
             ended: false,
+            feed_seq: None,
+            committed: committed.clone(),
         };
         sqlx::query("BEGIN").execute(&mut *tx.conn).await?;
         Ok(tx)
@@ -138,10 +149,24 @@ async fn finish<T>(mut tx: Tx, case_ref: &str, result: Result<T, StoreError>) ->
             e.into()
         }
     };
+    // The other hosts' feed readers learn of the records at the commit.
+    let result = match (result, tx.feed_seq) {
+        (Ok(v), Some(seq)) => sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FEED_CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut *tx.conn)
+            .await
+            .map(|_| v)
+            .map_err(StoreError::from),
+        (result, _) => result,
+    };
     match result {
         Ok(v) => match sqlx::query("COMMIT").execute(&mut *tx.conn).await {
             Ok(_) => {
                 tx.ended = true;
+                if let Some(seq) = tx.feed_seq {
+                    advance(&tx.committed, seq);
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -178,7 +203,9 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         let changes = tokio::sync::watch::Sender::new(0);
         tokio::spawn(listen(pool.clone(), changes.clone()));
-        Ok(PgStore { pool, changes })
+        let committed = Arc::new(watch::Sender::new(feed_head(&pool).await?));
+        tokio::spawn(listen_feed(pool.clone(), Arc::downgrade(&committed)));
+        Ok(PgStore { pool, changes, committed })
     }
 
     /// The pool, for the host register and notifications beside the store.
@@ -189,7 +216,7 @@ impl PgStore {
     /// Appends `events` to a case's log in one transaction, whatever the
     /// case's state: for loading many records at once (benchmarks).
     pub async fn append_many(&self, case_ref: &str, events: Vec<NewEvent>) -> Result<Option<EventRecord>, StoreError> {
-        let mut tx = Tx::begin(&self.pool).await?;
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = async {
             let (_, mut count, mut head) = Self::head(&mut tx, case_ref).await?;
             let mut last = None;
@@ -233,9 +260,14 @@ impl PgStore {
         if moved.rows_affected() != 1 {
             return Err(busy());
         }
+        // The next feed number: this row's lock, held to the commit, orders
+        // the committers (taken after the case's row, as every writer does).
+        let feed_seq: i64 = sqlx::query_scalar("UPDATE feed_head SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut **tx)
+            .await?;
         let inserted = sqlx::query(
-            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash, feed_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&rec.case_ref)
         .bind(rec.seq as i64)
@@ -246,12 +278,16 @@ impl PgStore {
         .bind(rec.details.to_string())
         .bind(&rec.prev_hash)
         .bind(&rec.hash)
+        .bind(feed_seq)
         .execute(&mut **tx)
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => Err(busy()),
             Err(e) => Err(e.into()),
-            Ok(_) => Ok(rec),
+            Ok(_) => {
+                tx.feed_seq = Some(feed_seq.max(0) as u64);
+                Ok(rec)
+            }
         }
     }
 
@@ -754,7 +790,7 @@ macro_rules! retrying {
     ($store:expr, $case_ref:expr, |$tx:ident| $attempt:expr) => {{
         let mut n = 1;
         loop {
-            let mut $tx = Tx::begin(&$store.pool).await?;
+            let mut $tx = Tx::begin(&$store.pool, &$store.committed).await?;
             let result = $attempt.await;
             match finish($tx, $case_ref, result).await {
                 Err(StoreError::Busy(_)) if n < ATTEMPTS => n += 1,
@@ -767,7 +803,7 @@ macro_rules! retrying {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
-        let mut tx = Tx::begin(&self.pool).await?;
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = Self::try_import(&mut tx, rows).await;
         let summary = finish(tx, "", result).await?;
         if summary.added + summary.updated > 0 {
@@ -822,14 +858,14 @@ impl Store for PgStore {
 
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let case_ref = case.case_ref.clone();
-        let mut tx = Tx::begin(&self.pool).await?;
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = Self::try_create_case(&mut tx, case, event).await;
         finish(tx, &case_ref, result).await
     }
 
     async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError> {
         let case_ref = case.case_ref.clone();
-        let mut tx = Tx::begin(&self.pool).await?;
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = async {
             // One registration per requester at a time, on every host.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -1069,7 +1105,7 @@ impl Store for PgStore {
     }
 
     async fn retire_host(&self, name: &str, reason: &str) -> Result<bool, StoreError> {
-        let mut tx = Tx::begin(&self.pool).await?;
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = async {
             let found = sqlx::query(RETIRE)
                 .bind(name)
@@ -1090,6 +1126,128 @@ impl Store for PgStore {
 
     fn case_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn state_summary(&self) -> Result<Vec<StateSummary>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*), MIN(state_since) FROM cases GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut map: HashMap<String, (u64, Option<i64>)> = HashMap::new();
+        for r in &rows {
+            map.insert(r.try_get(0)?, (r.try_get::<i64, _>(1)?.max(0) as u64, r.try_get(2)?));
+        }
+        Ok(CaseState::ALL
+            .iter()
+            .map(|s| {
+                let (cases, oldest_since) = map.get(s.as_str()).copied().unwrap_or((0, None));
+                StateSummary {
+                    state: *s,
+                    cases,
+                    oldest_since,
+                }
+            })
+            .collect())
+    }
+
+    async fn feed_page(&self, after_seq: u64, limit: u32) -> Result<Vec<FeedRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM case_events WHERE feed_seq > $1 ORDER BY feed_seq LIMIT $2")
+            .bind(after_seq.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedRecord {
+                    feed_seq: r.try_get::<i64, _>("feed_seq")?.max(0) as u64,
+                    record: event_record(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn feed_head(&self) -> Result<u64, StoreError> {
+        feed_head(&self.pool).await
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+}
+
+/// The channel a host notifies when it committed records: the payload is
+/// the last feed number the transaction took.
+const FEED_CHANNEL: &str = "workcopy_feed";
+/// How often a host reads the feed head anyway, should a notification have
+/// been missed.
+const FEED_RECONCILE: Duration = Duration::from_secs(30);
+
+/// The last feed number given.
+async fn feed_head(pool: &PgPool) -> Result<u64, StoreError> {
+    let seq: i64 = sqlx::query_scalar("SELECT seq FROM feed_head WHERE id = 1").fetch_one(pool).await?;
+    Ok(seq.max(0) as u64)
+}
+
+/// Moves a feed prompt forward to `seq` (never back).
+fn advance(committed: &watch::Sender<u64>, seq: u64) {
+    committed.send_if_modified(|head| {
+        let moved = seq > *head;
+        *head = (*head).max(seq);
+        moved
+    });
+}
+
+/// Moves `committed` forward on every notification of records committed on
+/// any host, and to the feed head read again after the listening connection
+/// was (re)made and every [`FEED_RECONCILE`] (a notification sent while the
+/// connection was down is lost). Ends once the store is gone.
+async fn listen_feed(pool: PgPool, committed: std::sync::Weak<watch::Sender<u64>>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(FEED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for the feed yet");
+                if committed.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        let mut reread = true;
+        loop {
+            let Some(prompt) = committed.upgrade() else { return };
+            if reread {
+                if let Ok(head) = feed_head(&pool).await {
+                    advance(&prompt, head);
+                }
+            }
+            drop(prompt);
+            match tokio::time::timeout(FEED_RECONCILE, listener.try_recv()).await {
+                Ok(Ok(Some(n))) => {
+                    let Some(prompt) = committed.upgrade() else { return };
+                    if let Ok(seq) = n.payload().parse() {
+                        advance(&prompt, seq);
+                    }
+                    reread = false;
+                }
+                // The connection was lost (the next call makes it again), or
+                // nothing came for a while: read the head again.
+                Ok(Ok(None)) | Err(_) => reread = true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "listening for the feed failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -3,7 +3,7 @@
 //! the last commit and no other write interleaves, however many connections
 //! write. Reads use a small pool of read-only connections.
 
-use super::{CaseRecord, ImportSummary, NewCase, Recorded, RequestLimits, Store, StoreError};
+use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -19,7 +19,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Row, Sqlite};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -54,6 +56,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Moved to the feed head after every commit that wrote records.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 /// A unique-key violation, which some writes turn into a domain answer.
@@ -76,10 +80,14 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 struct Tx {
     conn: PoolConnection<Sqlite>,
     ended: bool,
+    /// The last feed number this transaction took, if it wrote a record.
+    feed_seq: Option<u64>,
+    /// Told that feed number once the transaction committed.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl Tx {
-    async fn begin(pool: &SqlitePool, statement: &'static str) -> Result<Tx, StoreError> {
+    async fn begin(pool: &SqlitePool, statement: &'static str, committed: &Arc<watch::Sender<u64>>) -> Result<Tx, StoreError> {
         // A connection may refuse every transaction for good although the
         // database is fine now: SQLite opens the database read-only when it
         // cannot be written at the moment the connection is made (and the
@@ -93,6 +101,8 @@ impl Tx {
             let mut tx = Tx {
                 conn: pool.acquire().await?,
                 ended: false,
+                feed_seq: None,
+                committed: committed.clone(),
             };
             match sqlx::query(statement).execute(&mut *tx.conn).await {
                 Ok(_) => return Ok(tx),
@@ -158,6 +168,13 @@ async fn finish<T>(mut tx: Tx, result: Result<T, StoreError>) -> Result<T, Store
         Ok(v) => match sqlx::query("COMMIT").execute(&mut *tx.conn).await {
             Ok(_) => {
                 tx.ended = true;
+                if let Some(seq) = tx.feed_seq {
+                    tx.committed.send_if_modified(|head| {
+                        let moved = seq > *head;
+                        *head = (*head).max(seq);
+                        moved
+                    });
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -221,10 +238,12 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
+        let head = feed_head(&reader).await?;
         Ok(SqliteStore {
             writer,
             reader,
             changes: tokio::sync::watch::Sender::new(0),
+            committed: Arc::new(watch::Sender::new(head)),
         })
     }
 
@@ -253,7 +272,7 @@ impl SqliteStore {
 
     /// A write transaction holding the database's write lock from its start.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
-        Tx::begin(&self.writer, "BEGIN IMMEDIATE").await
+        Tx::begin(&self.writer, "BEGIN IMMEDIATE", &self.committed).await
     }
 
     /// Appends `events` to a case's log in one transaction, whatever the
@@ -331,9 +350,13 @@ impl SqliteStore {
         if moved.rows_affected() != 1 {
             return Err(busy());
         }
+        // The next feed number, under the case's write lock (see `Store::feed_page`).
+        let feed_seq: i64 = sqlx::query_scalar("UPDATE feed_head SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut **tx)
+            .await?;
         let inserted = sqlx::query(
-            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO case_events (case_ref, seq, at, actor, uid, event, details, prev_hash, hash, feed_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&rec.case_ref)
         .bind(rec.seq as i64)
@@ -344,12 +367,16 @@ impl SqliteStore {
         .bind(rec.details.to_string())
         .bind(&rec.prev_hash)
         .bind(&rec.hash)
+        .bind(feed_seq)
         .execute(&mut **tx)
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => Err(busy()),
             Err(e) => Err(e.into()),
-            Ok(_) => Ok(rec),
+            Ok(_) => {
+                tx.feed_seq = Some(feed_seq.max(0) as u64);
+                Ok(rec)
+            }
         }
     }
 
@@ -794,6 +821,12 @@ fn access_count(case_ref: &str, row: &SqliteRow) -> Result<AccessCount, StoreErr
 
 const LIVE: &str = "('open','approved','blocked','exported','received')";
 
+/// The last feed number given.
+async fn feed_head(pool: &SqlitePool) -> Result<u64, StoreError> {
+    let seq: i64 = sqlx::query_scalar("SELECT seq FROM feed_head WHERE id = 1").fetch_one(pool).await?;
+    Ok(seq.max(0) as u64)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
@@ -1122,6 +1155,51 @@ impl Store for SqliteStore {
 
     fn case_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn state_summary(&self) -> Result<Vec<StateSummary>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*), MIN(state_since) FROM cases GROUP BY state")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut map: HashMap<String, (u64, Option<i64>)> = HashMap::new();
+        for r in &rows {
+            map.insert(r.try_get(0)?, (r.try_get::<i64, _>(1)?.max(0) as u64, r.try_get(2)?));
+        }
+        Ok(CaseState::ALL
+            .iter()
+            .map(|s| {
+                let (cases, oldest_since) = map.get(s.as_str()).copied().unwrap_or((0, None));
+                StateSummary {
+                    state: *s,
+                    cases,
+                    oldest_since,
+                }
+            })
+            .collect())
+    }
+
+    async fn feed_page(&self, after_seq: u64, limit: u32) -> Result<Vec<FeedRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM case_events WHERE feed_seq > $1 ORDER BY feed_seq LIMIT $2")
+            .bind(after_seq.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FeedRecord {
+                    feed_seq: r.try_get::<i64, _>("feed_seq")?.max(0) as u64,
+                    record: event_record(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn feed_head(&self) -> Result<u64, StoreError> {
+        feed_head(&self.reader).await
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 }
 
@@ -1530,6 +1608,56 @@ mod tests {
         let n = store.events("C-1").await?.len();
         let rec = store.record_access(&open_of("C-1", "a.fq", 2001), &access::COALESCING).await?;
         anyhow::ensure!(matches!(rec, Recorded::Record(r) if r.seq == n as u64 + 1), "the next open");
+        Ok(())
+    }
+
+    /// Logs written before the feed: their records are numbered in the order
+    /// they were written, and the next record continues the numbers.
+    #[tokio::test]
+    async fn the_migration_numbers_records_written_before_the_feed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let written = {
+            let store = SqliteStore::open(&url).await?;
+            let mut written = Vec::new();
+            for case_ref in ["C-2", "C-1"] {
+                written.push(store.create_case(empty_case(case_ref), event("opened")).await?);
+            }
+            for i in 0..6 {
+                let case_ref = ["C-1", "C-2"][i % 2];
+                written.push(store.append_in(case_ref, &[CaseState::Open], event("noted")).await?);
+            }
+            // As the database was before the migration.
+            for statement in [
+                "DROP INDEX case_events_feed",
+                "ALTER TABLE case_events DROP COLUMN feed_seq",
+                "DROP TABLE feed_head",
+                "DELETE FROM _sqlx_migrations WHERE version = 20261204000001",
+            ] {
+                sqlx::query(statement).execute(&store.writer).await?;
+            }
+            store.writer.close().await;
+            store.reader.close().await;
+            written
+        };
+        let store = SqliteStore::open(&url).await?;
+        anyhow::ensure!(store.feed_head().await? == 8, "head after the migration");
+        anyhow::ensure!(*store.committed().borrow() == 8, "the prompt starts at the head");
+        let feed = store.feed_page(0, 100).await?;
+        anyhow::ensure!(
+            feed.iter().map(|r| r.feed_seq).collect::<Vec<_>>() == (1..=8).collect::<Vec<u64>>(),
+            "{feed:?}"
+        );
+        anyhow::ensure!(
+            feed.into_iter().map(|r| r.record).collect::<Vec<_>>() == written,
+            "not in the order written"
+        );
+        store.append_in("C-2", &[CaseState::Open], event("noted")).await?;
+        let next = store.feed_page(8, 100).await?;
+        anyhow::ensure!(
+            matches!(&next[..], [r] if r.feed_seq == 9 && r.record.case_ref == "C-2"),
+            "{next:?}"
+        );
         Ok(())
     }
 

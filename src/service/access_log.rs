@@ -1,7 +1,7 @@
 //! The mount's access records, written to the case log (counted where one
 //! account repeats an access: see [`crate::domain::access`]).
 
-use super::Service;
+use super::{Counters, Service};
 use crate::db::Store;
 use crate::domain::access::{AccessKind, COALESCING, FileAccess};
 use crate::export::fs::{Access, AccessLog, AccessLogError};
@@ -19,6 +19,7 @@ pub struct StoreAccessLog {
     store: Arc<dyn Store>,
     rt: tokio::runtime::Handle,
     names: NameCache,
+    counters: Arc<Counters>,
 }
 
 impl StoreAccessLog {
@@ -27,6 +28,7 @@ impl StoreAccessLog {
             store: svc.store.clone(),
             rt,
             names: svc.names.clone(),
+            counters: svc.counters.clone(),
         }
     }
 
@@ -48,8 +50,9 @@ impl AccessLog for StoreAccessLog {
         let access = self.access(a, AccessKind::Opened);
         self.rt
             .block_on(self.store.record_access(&access, &COALESCING))
-            .map(|_| ())
-            .map_err(AccessLogError::from)
+            .map_err(AccessLogError::from)?;
+        self.counters.file_opened();
+        Ok(())
     }
 
     fn released(&self, a: &Access, bytes_read: u64, size: u64) {

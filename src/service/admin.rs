@@ -34,7 +34,7 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 }
 
 /// The sizes of the regular files beneath `dir`, added up (symlinks not followed).
-fn bytes_under(dir: &std::path::Path) -> u64 {
+pub(super) fn bytes_under(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
@@ -136,6 +136,7 @@ impl Service {
     }
 
     pub(super) async fn audit_verify(&self) -> Response {
+        let started = std::time::Instant::now();
         let cases = self.store.list_cases(None, None).await?;
         let mut report = AuditReport {
             cases: cases.len() as u64,
@@ -171,6 +172,7 @@ impl Service {
                 None => {}
             }
         }
+        self.audited(report.cases, report.failures.len() as u64, started.elapsed());
         Ok(Reply::Audit(report))
     }
 

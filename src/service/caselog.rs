@@ -19,7 +19,7 @@ const PAGE: u32 = 1000;
 const LOG_PAGE_BYTES: usize = 16 << 20;
 
 /// The length of a record's JSON, without keeping the JSON.
-fn json_len(r: &EventRecord) -> usize {
+pub(super) fn json_len(r: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

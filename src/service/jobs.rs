@@ -1,8 +1,8 @@
 //! Staging jobs: the table of running jobs, and the workers that copy or
 //! check a case's files and return where the verified bytes are.
 
-use super::Service;
 use super::request::refuse;
+use super::{CheckedAt, Counters, Service};
 use crate::config::Mode;
 use crate::control::proto::{Refusal, RefusalKind};
 use crate::domain::verify::CaseFile;
@@ -82,8 +82,9 @@ impl Service {
         let root = self.gdb_root.clone();
         let files_owned = files.to_vec();
         let case_ref_owned = case_ref.to_string();
+        let counted = Counted::start(job);
         let job = job.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
             let dir = staging::case_dir(&staging, &case_ref_owned);
             fn expect(f: &CaseFile) -> Expect<'_> {
                 Expect {
@@ -130,7 +131,15 @@ impl Service {
             Ok(out)
         })
         .await
-        .map_err(|e| NotServable::Task(Arc::new(e)))?
+        .map_err(|e| NotServable::Task(Arc::new(e)))
+        .and_then(|r| r);
+        counted.end(&self.counters);
+        if let Err(NotServable::File(e)) = &outcome {
+            if mismatch(e) {
+                self.counters.verification_failed(CheckedAt::Staging);
+            }
+        }
+        outcome
     }
 
     pub(super) async fn remove_staging(&self, case_ref: &str) -> std::io::Result<()> {
@@ -176,8 +185,10 @@ impl Service {
         let staging = self.cfg.staging_dir();
         let files = files.to_vec();
         let case_ref = case_ref.to_string();
+        let counted = Counted::start(job);
+        let counters = self.counters.clone();
         let job = job.clone();
-        tokio::task::spawn_blocking(move || {
+        let intact = tokio::task::spawn_blocking(move || {
             let mut backings = Vec::new();
             for (i, f) in files.iter().enumerate() {
                 let p = staging::staged_file(&staging, &case_ref, i);
@@ -190,6 +201,9 @@ impl Service {
                     Ok(id) => backings.push((Backing::Staged(p), id)),
                     Err(staging::StageError::Cancelled(_)) => return None,
                     Err(why) => {
+                        if mismatch(&why) {
+                            counters.verification_failed(CheckedAt::Restart);
+                        }
                         // By file id and kind only: the error names the GDB path.
                         let kind = match why {
                             staging::StageError::Checksum { .. } => "its sha256 differs from the catalog's",
@@ -205,6 +219,37 @@ impl Service {
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        counted.end(&self.counters);
+        intact
+    }
+}
+
+/// A file whose bytes did not match the catalog (not one that could not be read).
+fn mismatch(e: &staging::StageError) -> bool {
+    matches!(e, staging::StageError::Checksum { .. } | staging::StageError::Size { .. })
+}
+
+/// Staging work being measured for `metrics`: the bytes a job's progress
+/// moved on by, and the time, between [`start`](Counted::start) and
+/// [`end`](Counted::end).
+struct Counted {
+    job: Arc<StagingJob>,
+    bytes_before: u64,
+    started: std::time::Instant,
+}
+
+impl Counted {
+    fn start(job: &Arc<StagingJob>) -> Counted {
+        Counted {
+            job: job.clone(),
+            bytes_before: job.progress.done.load(Ordering::Relaxed),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn end(self, counters: &Counters) {
+        let bytes = self.job.progress.done.load(Ordering::Relaxed).saturating_sub(self.bytes_before);
+        counters.staged(bytes, self.started.elapsed());
     }
 }

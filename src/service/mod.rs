@@ -11,15 +11,18 @@ mod access_log;
 mod admin;
 mod caselog;
 mod cases;
+mod feed;
 mod hosts;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod recovery;
 mod request;
 mod selfservice;
 
 pub use access_log::StoreAccessLog;
 pub use jobs::StagingJob;
+pub use metrics::{AUDIT_EVERY, AUDIT_FIRST, CheckedAt, Counters};
 pub use selfservice::find as find_files;
 
 use crate::audit::Actor;
@@ -55,6 +58,8 @@ pub struct Service {
     gdb_root: Arc<OwnedFd>,
     jobs: Mutex<HashMap<String, Arc<StagingJob>>>,
     pub stats: Arc<Stats>,
+    /// What `metrics` counts besides `stats`.
+    pub counters: Arc<Counters>,
     /// The read path `status` reports; set by the daemon once it mounted.
     pub read_path: RwLock<Option<ReadPath>>,
     /// Held across "state change + mount change" (export, close, reload), so
@@ -91,6 +96,7 @@ impl Service {
             gdb_root: Arc::new(gdb_root),
             jobs: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
+            counters: Arc::new(Counters::default()),
             read_path: RwLock::new(None),
             visibility: tokio::sync::Mutex::new(()),
             finishing: tokio::sync::Mutex::new(()),

@@ -115,13 +115,18 @@ impl Service {
         let case_ref = req.case_ref().map(str::to_owned);
         let case = case_ref.as_deref().map(tracing::field::display);
         if role == Role::Nobody {
-            return Err(self.refuse_nobody(caller));
+            let refusal = self.refuse_nobody(caller);
+            self.counters.refused(refusal.kind);
+            return Err(refusal);
         }
         let actor = self.actor(caller.uid);
         let result = self.dispatch(&role, &actor, req, fds, cancel).await;
         match &result {
             Ok(_) => info!(op, case, uid = caller.uid, "done"),
-            Err(r) => info!(op, case, uid = caller.uid, kind = ?r.kind, "refused"),
+            Err(r) => {
+                info!(op, case, uid = caller.uid, kind = ?r.kind, "refused");
+                self.counters.refused(r.kind);
+            }
         }
         result
     }
@@ -215,6 +220,18 @@ impl Service {
             Request::RequestShow { case_ref } => self.request_show(role, &case_ref).await,
             Request::RequestCancel { case_ref } => self.request_cancel(role, actor, &case_ref).await,
             Request::CatalogSearch { pattern, sample, since } => self.catalog_search(role, pattern, sample, since).await,
+            Request::Metrics => {
+                staff_only("metrics")?;
+                self.metrics().await
+            }
+            // The control server streams the feed itself (`Service::open_feed`).
+            Request::Events { .. } => {
+                staff_only("events")?;
+                Err(refuse(
+                    RefusalKind::Invalid,
+                    "the feed is a streamed reply; read it with `workcopy events`",
+                ))
+            }
             Request::CaseMove { case_ref, to } => {
                 staff_only("case move")?;
                 self.case_move(actor, &case_ref, &to).await
@@ -310,6 +327,8 @@ mod tests {
             Request::AuditVerify,
             Request::Reload,
             Request::Hosts,
+            Request::Metrics,
+            Request::Events { since: 0, follow: true },
         ];
         assert!(!refused.iter().any(for_requesters));
     }

@@ -7,7 +7,9 @@
 //! local accounts (`abuse`); a full disk, an unwritable database and damaged
 //! staged copies (`faults`); requesters asking for their own group's files
 //! (`selfservice`); the CLI's output against checked-in snapshots
-//! (`snapshot`) and into a closed pipe (`cli_pipe`).
+//! (`snapshot`) and into a closed pipe (`cli_pipe`); the event feed (`feed`)
+//! and the support-system script that follows it (`notify`); the metrics and
+//! the alert rules, through Prometheus' `promtool` (`metrics`).
 //!
 //! Run one family with a filter, e.g. `cargo test --test it register::`.
 
@@ -17,8 +19,11 @@ mod abuse;
 mod cli_pipe;
 mod common;
 mod faults;
+mod feed;
 mod hosts;
+mod metrics;
 mod mount;
+mod notify;
 #[path = "../../src/db/pg_test_server.rs"]
 mod pg;
 mod regional;

@@ -4,7 +4,7 @@
 //! search confined to the requester's group, generated references, the
 //! limits, cancel, four eyes, the one-role rule of the directory, and every
 //! refusal a requester gets for what only staff or the department may do —
-//! the mount included.
+//! the event feed and the mount included.
 
 use crate::common::*;
 use std::path::Path;
@@ -505,6 +505,10 @@ fn a_requester_may_do_nothing_but_request_and_search() {
         vec!["case", "log", mine.as_str()],
         vec!["audit", "verify"],
         vec!["reload"],
+        vec!["metrics"],
+        vec!["hosts"],
+        vec!["case", "move", "C-1", "--to", "elsewhere"],
+        vec!["host", "retire", "elsewhere", "--reason", "x"],
     ];
     for args in &all {
         let out = env
@@ -514,6 +518,11 @@ fn a_requester_may_do_nothing_but_request_and_search() {
             .stderr_has("permission denied")
             .stderr_has("may use `workcopy request");
         assert!(!out.stdout.contains("C-1") && !out.stdout.contains("GDB"), "{out}");
+    }
+    // The event feed, which the control server streams itself: staff only.
+    for args in [vec!["events"], vec!["events", "--follow", "--json"]] {
+        let out = env.cli_as(CAROL_, &args).fails().stderr_has("permission denied");
+        assert!(out.stdout.is_empty(), "{out}");
     }
     let sums = sums_list(&env.received_sums("C-1"));
     env.cli_as_stdin(CAROL_, &["case", "confirm", "C-1", "--sha256sums", "-"], &sums)

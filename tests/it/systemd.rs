@@ -1,4 +1,4 @@
-//! The service as systemd runs it: the unit verifies and scores, the daemon
+//! The service as systemd runs it: the units verify and score, the daemon
 //! speaks the notify protocol, it works with only the unit's capabilities,
 //! and a mount namespace (what PrivateTmp=, ProtectSystem= and friends set
 //! up) would hide the export from the host, which is why the unit uses none.
@@ -64,6 +64,65 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
             "{opt} would hide the mount"
         );
     }
+}
+
+/// The metrics service and its timer verify together, the service's
+/// exposure is low, and it can write nothing but the textfile directory.
+#[test]
+fn the_metrics_units_verify_and_are_hardened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let service = tmp.path().join("workcopy-metrics.service");
+    let text = std::fs::read_to_string(dir.join("workcopy-metrics.service")).unwrap();
+    std::fs::write(&service, text.replace("/usr/local/bin/workcopy", BIN)).unwrap();
+    let timer = tmp.path().join("workcopy-metrics.timer");
+    std::fs::copy(dir.join("workcopy-metrics.timer"), &timer).unwrap();
+    let man = tmp.path().join("man/man1");
+    assert!(Command::new(BIN).arg("man").arg(&man).status().unwrap().success());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&service)
+        .arg(&timer)
+        .env("MANPATH", tmp.path().join("man"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
+
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&service)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let level: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(level <= 1.5, "exposure {level} (was 0.9): {line}");
+
+    let unit = std::fs::read_to_string(dir.join("workcopy-metrics.service")).unwrap();
+    let lines: Vec<&str> = unit.lines().collect();
+    for want in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/var/lib/prometheus/node-exporter",
+        "CapabilityBoundingSet=",
+        "PrivateNetwork=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+    ] {
+        assert!(lines.contains(&want), "{want} missing");
+    }
+    assert!(
+        unit.contains("--output /var/lib/prometheus/node-exporter/workcopy.prom"),
+        "the default textfile path"
+    );
+    let timer = std::fs::read_to_string(dir.join("workcopy-metrics.timer")).unwrap();
+    assert!(timer.lines().any(|l| l == "OnUnitActiveSec=15s"), "{timer}");
 }
 
 #[test]

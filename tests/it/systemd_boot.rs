@@ -427,6 +427,33 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     );
     sys.sh(&pull).ok().stdout_has("S1_R1.fastq.gz: OK").stdout_has("S1_R2.fastq.gz: OK");
     assert!(staff(&format!("case log {CASE}")).ok().stdout.contains("file_opened"));
+    // The feed has it all, in order.
+    staff("events").ok().stdout_has("1  ").stdout_has(&format!("{CASE} #3  exported"));
+
+    // Metrics: the installed service, in its sandbox, writes node_exporter's
+    // textfile (its directory comes with prometheus-node-exporter); the
+    // timer runs it every 15 s.
+    let prom = "/var/lib/prometheus/node-exporter/workcopy.prom";
+    sys.sh("install -d -m 0755 /var/lib/prometheus/node-exporter").ok();
+    sys.run(&["systemctl", "start", "workcopy-metrics.service"]).ok();
+    let text = sys.run(&["cat", prom]).ok().stdout;
+    assert!(
+        text.contains("state=\"exported\"} 1") && text.contains("workcopy_file_opens_total") && text.ends_with("# EOF\n"),
+        "{text}"
+    );
+    assert_eq!(sys.run(&["stat", "-c", "%a", prom]).ok().stdout.trim(), "644");
+    sys.run(&["systemctl", "start", "workcopy-metrics.timer"]).ok();
+    let timer = sys
+        .run(&["systemctl", "show", "workcopy-metrics.timer", "--property=ActiveState"])
+        .ok();
+    assert_eq!(timer.stdout.trim(), "ActiveState=active", "{timer}");
+    let out = sys
+        .run(&["systemd-analyze", "security", "--no-pager", "workcopy-metrics.service"])
+        .ok();
+    assert!(
+        out.stdout.contains("Overall exposure level for workcopy-metrics.service: 0."),
+        "{out}"
+    );
 
     // Reload with a good directory.
     sys.run(&["systemctl", "reload", "workcopy.service"]).ok();
@@ -579,8 +606,75 @@ fn the_shipped_unit_runs_the_whole_flow_under_systemd_as_pid_1() {
     assert_eq!(p["ActiveState"], "inactive", "{p:?}");
     assert_eq!(p["Result"], "success", "{p:?}\n{}", sys.journal_text());
     assert_eq!(sys.mounted("/srv/workcopy"), None, "stop unmounts the export");
+    // With no daemon the metrics say so, and their service fails.
+    sys.run(&["systemctl", "start", "workcopy-metrics.service"]).fails();
+    let text = sys.run(&["cat", "/var/lib/prometheus/node-exporter/workcopy.prom"]).ok().stdout;
+    assert!(text.contains("workcopy_up{") && text.contains("} 0\n# EOF"), "{text}");
 
     let took = started.elapsed();
     drop(sys);
     assert!(took < Duration::from_secs(60), "the boot test took {took:?} (boot {boot_time:?})");
+}
+
+/// A host on a shared register under the real systemd: a PostgreSQL server
+/// inside the booted system on 127.0.0.1. The shipped unit (no IP at all)
+/// cannot reach it and fails to start; with the shipped drop-in
+/// (`workcopy-shared-register.conf.example`: IP to the server's address
+/// only) it starts, and a case goes from
+/// catalog to a pull by the transfer account.
+#[test]
+fn a_shared_register_host_runs_with_the_shipped_drop_in() {
+    let sys = System::boot();
+    sys.run(&[&format!("{SHARE}/src/scripts/install"), "--bin", &format!("{SHARE}/src/workcopy")])
+        .ok();
+    sys.sh(PREPARE).ok();
+    // The database: a server of its own in the booted system, a database
+    // for workcopy, its password in a root-only file.
+    sys.sh(&format!(
+        r#"url=$({SHARE}/src/scripts/pg-test-server /var/lib/wc-test-pg 5432)
+psql -X -q "$url" -c 'CREATE DATABASE workcopy'
+install -m 0600 /var/lib/wc-test-pg/password /etc/workcopy/db-password
+cat >>/etc/workcopy/workcopy.toml <<CONF
+database_url = "postgres://postgres@127.0.0.1:5432/workcopy"
+database_password_file = "/etc/workcopy/db-password"
+host = "transfer-1"
+CONF"#
+    ))
+    .ok();
+
+    // The shipped unit alone: no IP, so no register; the start fails.
+    sys.run(&["systemctl", "start", "workcopy.service"]).fails();
+    let journal = sys.journal_text();
+    assert!(
+        journal.contains("cannot open the database") && !journal.contains("password file"),
+        "{journal}"
+    );
+    // (A unit that failed and stopped may be unloaded already: nothing to reset then.)
+    sys.sh("systemctl stop workcopy.service; systemctl reset-failed workcopy.service 2>/dev/null || true")
+        .ok();
+
+    // With the drop-in, its address set to the server's.
+    sys.sh("install -d /etc/systemd/system/workcopy.service.d && \
+         sed 's|^IPAddressAllow=.*|IPAddressAllow=127.0.0.1/32|' /usr/share/doc/workcopy/workcopy-shared-register.conf.example \
+           >/etc/systemd/system/workcopy.service.d/shared-register.conf && systemctl daemon-reload")
+        .ok();
+    let start = sys.run(&["systemctl", "start", "workcopy.service"]);
+    assert_eq!(start.status, 0, "{start}\n{}", sys.journal_text());
+    let p = sys.show(&["ActiveState", "IPAddressAllow", "IPAddressDeny", "RestrictAddressFamilies"]);
+    assert_eq!(p["IPAddressAllow"], "127.0.0.1/32", "{p:?}");
+    assert!(p["IPAddressDeny"].contains("0.0.0.0/0"), "everything else stays denied: {p:?}");
+    assert_eq!(p["ActiveState"], "active", "{p:?}\n{}", sys.journal_text());
+    let staff = |cmd: &str| sys.sh(&as_user("staff1", &format!("workcopy {cmd}")));
+    staff("status --json").ok().stdout_has("\"shared_register\": true");
+    staff("hosts").ok().stdout_has("transfer-1");
+    staff("catalog import /srv/gdb/catalog.tsv").ok();
+    staff(&format!("case open {CASE} --requester alice@regionh.dk GDB-S1_R1 GDB-S1_R2")).ok();
+    staff(&format!("case approve {CASE}"))
+        .ok()
+        .stdout_has("exported: 2 file(s) readable");
+    sys.sh(&as_user("xfer-rh", &format!("sha256sum /srv/workcopy/{CASE}/S1_R1.fastq.gz")))
+        .ok();
+    staff(&format!("case show {CASE}")).ok().stdout_has("host        transfer-1");
+    sys.run(&["systemctl", "stop", "workcopy.service"]).ok();
+    drop(sys);
 }
