@@ -63,6 +63,7 @@ struct RawConfig {
     case_ttl: Option<String>,
     passthrough: Option<bool>,
     max_open_files_per_account: Option<i64>,
+    verify_workers: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +84,9 @@ pub struct Config {
     pub passthrough: bool,
     /// Files one transfer account may hold open in the mount at once (default 1024).
     pub max_open_files_per_account: usize,
+    /// Files staged or verified at once, across all cases (default: the
+    /// number of CPU cores the daemon may use).
+    pub verify_workers: usize,
 }
 
 impl Config {
@@ -141,6 +145,11 @@ impl Config {
             Some(n) if (1..=65_536).contains(&n) => n as usize,
             Some(n) => return Err(bad("max_open_files_per_account", format!("{n} is not between 1 and 65536"))),
         };
+        let verify_workers = match raw.verify_workers {
+            None => default_verify_workers(),
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(n) => return Err(bad("verify_workers", format!("{n} is not between 1 and 1024"))),
+        };
         let case_ttl = match raw.case_ttl.as_deref() {
             None => Duration::from_secs(14 * 24 * 3600),
             Some(s) => {
@@ -182,6 +191,7 @@ impl Config {
             case_ttl,
             passthrough: raw.passthrough.unwrap_or(true),
             max_open_files_per_account,
+            verify_workers,
         })
     }
 
@@ -192,6 +202,12 @@ impl Config {
     pub fn caselog_dir(&self) -> PathBuf {
         self.state_dir.join("caselogs")
     }
+}
+
+/// One worker per CPU core the process may use (its affinity and cgroup
+/// quota count), else one.
+pub fn default_verify_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// A database URL with any password replaced, for messages and logs.
@@ -235,18 +251,20 @@ staff_group = "workcopy-staff"
         assert_eq!(c.case_ttl, Duration::from_secs(14 * 86400));
         assert_eq!(c.database_url, "sqlite:///var/lib/workcopy/workcopy.db");
         assert_eq!(c.staff_group, GroupSpec::Name("workcopy-staff".into()));
+        assert_eq!(c.verify_workers, default_verify_workers());
+        assert!(c.verify_workers >= 1);
     }
 
     #[test]
     fn numeric_gid_and_options() {
         let text = MIN.replace("\"workcopy-staff\"", "1234");
         let c = Config::parse(
-            &format!("{text}mode = \"direct\"\nmax_files_per_case = 5\ncase_ttl = \"2h\"\n"),
+            &format!("{text}mode = \"direct\"\nmax_files_per_case = 5\ncase_ttl = \"2h\"\nverify_workers = 3\n"),
             Path::new("x.toml"),
         );
         assert!(
             matches!(c, Ok(ref c) if c.staff_group == GroupSpec::Gid(1234) && c.mode == Mode::Direct
-            && c.max_files_per_case == 5 && c.case_ttl == Duration::from_secs(7200))
+            && c.max_files_per_case == 5 && c.case_ttl == Duration::from_secs(7200) && c.verify_workers == 3)
         );
     }
 
@@ -267,6 +285,8 @@ staff_group = "workcopy-staff"
         assert!(m.contains("case_ttl"), "{m}");
         let m = message("max_files_per_case = 0\n");
         assert!(m.contains("max_files_per_case"), "{m}");
+        let m = message("verify_workers = 0\n");
+        assert!(m.contains("verify_workers") && m.contains("between 1 and 1024"), "{m}");
         let m = message("max_files_per_case = \"20\"\n");
         assert!(m.contains("max_files_per_case"), "{m}");
         let m = message("database_url = \"mysql://u:secret@h/db\"\n");

@@ -51,6 +51,8 @@ pub struct Service {
     pub exports: Arc<ExportTable>,
     gdb_root: Arc<OwnedFd>,
     jobs: Mutex<HashMap<String, Arc<StagingJob>>>,
+    /// The workers every staging job and re-verification shares (`verify_workers`).
+    pool: crate::pool::Pool,
     pub stats: Arc<Stats>,
     /// The read path `status` reports; set by the daemon once it mounted.
     pub read_path: RwLock<Option<ReadPath>>,
@@ -73,6 +75,7 @@ impl Service {
     pub fn new(cfg: Config, store: Arc<dyn Store>, directory: Directory, staff_gid: u32) -> std::io::Result<Arc<Service>> {
         let gdb_root =
             crate::gdb::open_root(&cfg.gdb_root).map_err(|e| std::io::Error::other(format!("gdb_root {}: {e}", cfg.gdb_root.display())))?;
+        let pool = crate::pool::Pool::new(cfg.verify_workers);
         Ok(Arc::new(Service {
             cfg,
             store,
@@ -82,6 +85,7 @@ impl Service {
             exports: ExportTable::new(),
             gdb_root: Arc::new(gdb_root),
             jobs: Mutex::new(HashMap::new()),
+            pool,
             stats: Arc::new(Stats::default()),
             read_path: RwLock::new(None),
             visibility: tokio::sync::Mutex::new(()),
