@@ -46,7 +46,7 @@ def sha256(path):
 class Daemon:
     """One workcopy daemon over a shared GDB, with its own state and mount."""
 
-    def __init__(self, bin_, base, gdb, name, mode, passthrough):
+    def __init__(self, bin_, base, gdb, name, mode, passthrough, extra=""):
         self.bin = bin_
         self.dir = os.path.join(base, name)
         self.mnt = os.path.join(self.dir, "mnt")
@@ -58,7 +58,7 @@ class Daemon:
             f.write(
                 f'gdb_root = "{gdb}"\nstate_dir = "{self.dir}/state"\nmount_point = "{self.mnt}"\n'
                 f'socket = "{self.sock}"\ndirectory = "{base}/directory.toml"\nstaff_group = {STAFF_GID}\n'
-                f'mode = "{mode}"\npassthrough = {"true" if passthrough else "false"}\nmax_files_per_case = 20\n'
+                f'mode = "{mode}"\npassthrough = {"true" if passthrough else "false"}\nmax_files_per_case = 20\n{extra}'
             )
         self.log = open(os.path.join(self.dir, "daemon.log"), "w")
         self.proc = subprocess.Popen([self.bin, "--config", self.config, "serve"], stderr=self.log, stdout=self.log)
@@ -112,6 +112,11 @@ def settle():
     time.sleep(0.5)
 
 
+def immutable(path, on):
+    """Direct mode serves only files that cannot change: the GDB is made immutable while measured."""
+    run(["chattr", "-R", "+i" if on else "-i", path], stderr=subprocess.DEVNULL)
+
+
 def alternate(runs, variants):
     """Runs each variant once per round, round after round; returns medians."""
     times = {name: [] for name in variants}
@@ -127,11 +132,13 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the script, measures nothing")
-    ap.add_argument("--only", default="read,rsync,staged,listable,list1000",
-                    help="comma-separated sections to run (default: all of read,rsync,staged,listable,list1000)")
+    ap.add_argument("--only", default="read,rsync,staged,verify,listable,list1000",
+                    help="comma-separated sections to run (default: all of read,rsync,staged,verify,listable,list1000)")
     args = ap.parse_args()
     big = (64 if args.quick else 2048) * MiB
     case_file = (4 if args.quick else 128) * MiB
+    verify_file = (4 if args.quick else 256) * MiB
+    only = set(args.only.split(","))
     runs = 2 if args.quick else args.runs
 
     base = tempfile.mkdtemp(prefix="workcopy-bench.", dir=os.environ.get("TMPDIR", "/var/tmp"))
@@ -140,8 +147,8 @@ def main():
     os.chown(shm, XFER_UID, XFER_UID)
     daemons = []
     results = {}
+    gdb = os.path.join(base, "gdb")
     try:
-        gdb = os.path.join(base, "gdb")
         print(f"generating {big // MiB} MiB + 20 x {case_file // MiB} MiB + 20 x 1 MiB + 1000 small files in {gdb}", flush=True)
         rows = []
         def add(fid, rel, size, tiny=False):
@@ -160,6 +167,10 @@ def main():
             add(f"M{i:02d}", f"small/S{i:02d}.fastq.gz", MiB)
         for i in range(1000):
             add(f"T{i:04d}", f"tiny/T{i:04d}.fastq", 0, tiny=True)
+        if "verify" in only:
+            print(f"generating 20 x {verify_file // MiB} MiB for the verification section", flush=True)
+            for i in range(20):
+                add(f"V{i:02d}", f"verify/S{i:02d}_R1.fastq.gz", verify_file)
         with open(os.path.join(base, "catalog.tsv"), "w") as f:
             f.write("file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n")
             for fid, rel, size, digest in rows:
@@ -168,17 +179,25 @@ def main():
             f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
                     '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
 
+        immutable(gdb, True)
         direct_pt = Daemon(args.bin, base, gdb, "direct-passthrough", "direct", True)
         daemons.append(direct_pt)
         direct_us = Daemon(args.bin, base, gdb, "direct-userspace", "direct", False)
         daemons.append(direct_us)
         staged = Daemon(args.bin, base, gdb, "staged", "staged", True)
         daemons.append(staged)
+        # The same, verifying one file after the other.
+        staged1 = Daemon(args.bin, base, gdb, "staged-1-worker", "staged", True, "verify_workers = 1\n")
+        daemons.append(staged1)
+        workers = {}
+        if "verify" in only:
+            for n in (1, 2, 4):
+                workers[n] = Daemon(args.bin, base, gdb, f"direct-{n}-workers", "direct", True, f"verify_workers = {n}\n")
+                daemons.append(workers[n])
         for d in daemons:
             d.cli("catalog", "import", os.path.join(base, "catalog.tsv"), capture=True)
         print("read paths:", direct_pt.status()["read_path"], "|", direct_us.status()["read_path"], flush=True)
 
-        only = set(args.only.split(","))
         case_files = [f"C{i:02d}" for i in range(20)]
         if "read" in only:
             # 1. Sequential read of the big file.
@@ -227,12 +246,14 @@ def main():
             # 3. Staged approval of that case against cp -r + openssl dgst -sha256.
             copy_dir = os.path.join(base, "cp-baseline")
             n = [0]
-            def approve():
-                n[0] += 1
-                ref = f"STAGE{n[0]}"
-                staged.cli("case", "open", ref, "--requester", "bench@example", *case_files, capture=True)
-                staged.cli("case", "approve", ref, capture=True)
-                staged.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+            def approve_on(d):
+                def go():
+                    n[0] += 1
+                    ref = f"STAGE{n[0]}"
+                    d.cli("case", "open", ref, "--requester", "bench@example", *case_files, capture=True)
+                    d.cli("case", "approve", ref, capture=True)
+                    d.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+                return go
             def cp_hash():
                 shutil.rmtree(copy_dir, ignore_errors=True)
                 run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
@@ -244,13 +265,42 @@ def main():
                 run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
                 run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null && sync {copy_dir}/*"])
                 shutil.rmtree(copy_dir)
-            med, _ = alternate(max(3, runs - 2), {"cp+openssl": cp_hash, "cp+openssl+sync": cp_hash_sync, "approve": approve})
+            med, _ = alternate(max(3, runs - 2), {
+                "cp+openssl": cp_hash, "cp+openssl+sync": cp_hash_sync,
+                "approve": approve_on(staged), "approve_1_worker": approve_on(staged1),
+            })
             results["staged_approval"] = {
                 k: {"seconds": v, "ratio": med["cp+openssl"] / v, "ratio_to_durable": med["cp+openssl+sync"] / v} for k, v in med.items()
             }
 
+        if "verify" in only:
+            # 4. Direct-mode approval of a 20-file case (page cache warm): the
+            # pool of workers against one file at a time (verify_workers = 1),
+            # and against more workers than this machine has cores.
+            verify_ids = [f"V{i:02d}" for i in range(20)]
+            for i in range(20):
+                read_file(os.path.join(gdb, f"verify/S{i:02d}_R1.fastq.gz"), bs=4 * MiB)
+            times = {n: [] for n in workers}
+            k = 0
+            for r in range(runs + 1):
+                for n, d in workers.items():
+                    k += 1
+                    ref = f"VER{k}"
+                    d.cli("case", "open", ref, "--requester", "bench@example", *verify_ids, capture=True)
+                    settle()
+                    t = timed(lambda: d.cli("case", "approve", ref, capture=True))
+                    d.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
+                    if r > 0:  # the first round warms up
+                        times[n].append(t)
+            total = 20 * verify_file
+            med = {n: statistics.median(v) for n, v in times.items()}
+            results["direct_approval"] = {
+                f"{n}_workers": {"seconds": med[n], "GB/s": total / med[n] / 1e9, "speedup": med[1] / med[n], "runs": times[n]}
+                for n in workers
+            }
+
         if "listable" in only:
-            # 4. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
+            # 5. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
             small = [f"M{i:02d}" for i in range(20)]
             lat = []
             for i in range(max(5, runs)):
@@ -271,7 +321,7 @@ def main():
             results["approve_to_listable_ms"] = {"median": statistics.median(lat) * 1e3, "max": max(lat) * 1e3, "runs": len(lat)}
 
         if "list1000" in only:
-            # 5. 1,000 exported cases listed.
+            # 6. 1,000 exported cases listed.
             for i in range(1000):
                 direct_us.cli("case", "open", f"L{i:04d}", "--requester", "bench@example", f"T{i:04d}", capture=True)
                 direct_us.cli("case", "approve", f"L{i:04d}", "--no-wait", capture=True)
@@ -301,7 +351,12 @@ def main():
         if "staged_approval" in r:
             sa = r["staged_approval"]
             print(f"staged approval vs cp -r + openssl dgst: {sa['approve']['ratio']:.2f}, vs the same with the copies synced: {sa['approve']['ratio_to_durable']:.2f} (>1 is faster); "
-                  f"approve {sa['approve']['seconds']:.2f}s, baselines {sa['cp+openssl']['seconds']:.2f}s / {sa['cp+openssl+sync']['seconds']:.2f}s")
+                  f"approve {sa['approve']['seconds']:.2f}s, baselines {sa['cp+openssl']['seconds']:.2f}s / {sa['cp+openssl+sync']['seconds']:.2f}s; "
+                  f"with verify_workers = 1: {sa['approve_1_worker']['ratio']:.2f} ({sa['approve_1_worker']['seconds']:.2f}s)")
+        if "direct_approval" in r:
+            da = r["direct_approval"]
+            print(f"direct-mode approval of 20 x {verify_file // MiB} MiB (page cache warm), speedup over verify_workers = 1 ({da['1_workers']['seconds']:.2f}s): "
+                  + ", ".join(f"{k.replace('_', ' ')} {v['speedup']:.2f} ({v['seconds']:.2f}s, {v['GB/s']:.2f} GB/s)" for k, v in da.items()))
         if "approve_to_listable_ms" in r:
             print(f"approve --no-wait to listable (20 x 1 MiB, direct): median {r['approve_to_listable_ms']['median']:.1f} ms, max {r['approve_to_listable_ms']['max']:.1f} ms")
         if "list_1000_cases_ms" in r:
@@ -313,6 +368,8 @@ def main():
             except Exception as e:  # noqa: BLE001 - cleanup continues
                 print(f"stopping a daemon: {e}", file=sys.stderr)
         shutil.rmtree(shm, ignore_errors=True)
+        if os.path.isdir(gdb):
+            immutable(gdb, False)
         shutil.rmtree(base, ignore_errors=True)
 
 

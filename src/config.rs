@@ -69,6 +69,7 @@ struct RawConfig {
     database_password_file: Option<PathBuf>,
     host: Option<String>,
     heartbeat: Option<String>,
+    verify_workers: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +104,9 @@ pub struct Config {
     pub host: String,
     /// How often this daemon records that it is alive (default 10 s).
     pub heartbeat: Duration,
+    /// Files staged or verified at once, across all cases (default: the
+    /// number of CPU cores the daemon may use).
+    pub verify_workers: usize,
 }
 
 impl Config {
@@ -171,6 +175,11 @@ impl Config {
             Some(n) if (1..=100_000).contains(&n) => n as usize,
             Some(n) => return Err(bad("max_requests_per_user_per_day", format!("{n} is not between 1 and 100000"))),
         };
+        let verify_workers = match raw.verify_workers {
+            None => default_verify_workers(),
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(n) => return Err(bad("verify_workers", format!("{n} is not between 1 and 1024"))),
+        };
         let case_ttl = match raw.case_ttl.as_deref() {
             None => Duration::from_secs(14 * 24 * 3600),
             Some(s) => {
@@ -237,6 +246,7 @@ impl Config {
             database_password_file: raw.database_password_file,
             host,
             heartbeat,
+            verify_workers,
         })
     }
 
@@ -265,6 +275,12 @@ pub fn default_host() -> String {
     crate::names::DirId::parse(short)
         .map(String::from)
         .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// One worker per CPU core the process may use (its affinity and cgroup
+/// quota count), else one.
+pub fn default_verify_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// A database URL with any password replaced, for messages and logs.
@@ -313,6 +329,8 @@ staff_group = "workcopy-staff"
         assert!(!c.four_eyes);
         assert_eq!(c.heartbeat, Duration::from_secs(10));
         assert!(!c.host.is_empty() && !c.shared_register());
+        assert_eq!(c.verify_workers, default_verify_workers());
+        assert!(c.verify_workers >= 1);
     }
 
     #[test]
@@ -346,12 +364,12 @@ staff_group = "workcopy-staff"
     fn numeric_gid_and_options() {
         let text = MIN.replace("\"workcopy-staff\"", "1234");
         let c = Config::parse(
-            &format!("{text}mode = \"direct\"\nmax_files_per_case = 5\ncase_ttl = \"2h\"\n"),
+            &format!("{text}mode = \"direct\"\nmax_files_per_case = 5\ncase_ttl = \"2h\"\nverify_workers = 3\n"),
             Path::new("x.toml"),
         );
         assert!(
             matches!(c, Ok(ref c) if c.staff_group == GroupSpec::Gid(1234) && c.mode == Mode::Direct
-            && c.max_files_per_case == 5 && c.case_ttl == Duration::from_secs(7200))
+            && c.max_files_per_case == 5 && c.case_ttl == Duration::from_secs(7200) && c.verify_workers == 3)
         );
     }
 
@@ -372,6 +390,8 @@ staff_group = "workcopy-staff"
         assert!(m.contains("case_ttl"), "{m}");
         let m = message("max_files_per_case = 0\n");
         assert!(m.contains("max_files_per_case"), "{m}");
+        let m = message("verify_workers = 0\n");
+        assert!(m.contains("verify_workers") && m.contains("between 1 and 1024"), "{m}");
         let m = message("max_files_per_case = \"20\"\n");
         assert!(m.contains("max_files_per_case"), "{m}");
         let m = message("database_url = \"mysql://u:secret@h/db\"\n");

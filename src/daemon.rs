@@ -237,7 +237,7 @@ pub async fn serve(cfg: Config, setup: Setup) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, read_path = ?read_path, "workcopy serving");
+    info!(socket = %socket_path.display(), mode = %svc.cfg.mode, verify_workers = svc.cfg.verify_workers, read_path = ?read_path, "workcopy serving");
     sd_notify(&format!("READY=1\nSTATUS={}", svc.status_line().await));
     loop {
         tokio::select! {

@@ -13,6 +13,7 @@ pub mod export;
 pub mod gdb;
 pub mod journal;
 pub mod names;
+pub mod pool;
 pub mod receipt;
 pub mod service;
 pub mod staging;

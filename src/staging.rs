@@ -16,17 +16,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const CHUNK: usize = 1 << 20;
 
-/// How far a staging job got, and whether it should stop.
+/// How far a staging job got (the bytes of all its files together, however
+/// many are read at once), and whether it should stop.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub done: AtomicU64,
+    /// Set when the case was closed: the job stops and its outcome is dropped.
     pub cancel: std::sync::atomic::AtomicBool,
+    /// Set when another file of the job failed: the files still being read
+    /// stop, and the job's outcome is that file's failure.
+    pub halt: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
+    /// True once the files being read should stop.
+    pub fn stopped(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.halt.load(Ordering::Relaxed)
+    }
+
     fn advance(&self, n: usize, rel: &str) -> Result<(), StageError> {
         self.done.fetch_add(n as u64, Ordering::Relaxed);
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.stopped() {
             return Err(StageError::Cancelled(rel.to_string()));
         }
         Ok(())
@@ -170,31 +180,32 @@ pub fn verify_copy(path: &Path, e: &Expect<'_>, progress: &Progress) -> Result<F
 }
 
 /// A verified copy under its temporary name, not yet durable or visible.
+/// Dropped without [`commit`](StagedCopy::commit) (another file of the
+/// case failed), its temporary file is deleted.
 pub struct StagedCopy {
     file: File,
     tmp: PathBuf,
     dest: PathBuf,
     rel: String,
+    committed: bool,
 }
 
 impl StagedCopy {
     /// Makes the copy durable and gives it its final name. The caller syncs
     /// the directory once all copies of a case are committed ([`sync_dir`]).
-    pub fn commit(self) -> Result<FileIdentity, StageError> {
-        let result = (|| {
-            self.file.sync_all().map_err(io(&self.rel))?;
-            std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.rel))?;
-            Ok(FileIdentity::of(&self.file.metadata().map_err(io(&self.rel))?))
-        })();
-        if result.is_err() {
+    pub fn commit(mut self) -> Result<FileIdentity, StageError> {
+        self.file.sync_all().map_err(io(&self.rel))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(io(&self.rel))?;
+        self.committed = true;
+        Ok(FileIdentity::of(&self.file.metadata().map_err(io(&self.rel))?))
+    }
+}
+
+impl Drop for StagedCopy {
+    fn drop(&mut self) {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
-        result
-    }
-
-    /// Drops an uncommitted copy.
-    pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -227,6 +238,7 @@ pub fn stage_copy_unsynced(root: impl AsFd, e: &Expect<'_>, dest: &Path, progres
             tmp,
             dest: dest.to_path_buf(),
             rel: e.rel.to_string(),
+            committed: false,
         }),
         Err(err) => {
             let _ = std::fs::remove_file(&tmp);
@@ -485,6 +497,19 @@ mod tests {
         let dest4 = tmp.path().join("big.data");
         stage_copy(&rootfd, &e, &dest4, &p)?;
         assert!(std::fs::read(&dest4)? == big, "the staged copy differs");
+
+        // A copy dropped before its commit (another file of the case failed) leaves nothing.
+        let dest5 = tmp.path().join("dropped.data");
+        let copy = stage_copy_unsynced(&rootfd, &e, &dest5, &p)?;
+        assert!(tmp.path().join(".partial.dropped.data").exists());
+        drop(copy);
+        assert!(!dest5.exists() && !tmp.path().join(".partial.dropped.data").exists());
+
+        // Another file failed: the copies still running stop, as after a close.
+        let halted = Progress::default();
+        halted.halt.store(true, Ordering::Relaxed);
+        assert!(matches!(stage_copy(&rootfd, &e, &dest5, &halted), Err(StageError::Cancelled(_))));
+        assert!(!dest5.exists() && !tmp.path().join(".partial.dropped.data").exists());
 
         p.cancel.store(true, Ordering::Relaxed);
         let dest3 = tmp.path().join("cancelled.data");

@@ -38,7 +38,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: PgPool,
-    changes: tokio::sync::watch::Sender<u64>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Moved to the feed head after every commit that wrote records, here
     /// or (by a notification on [`FEED_CHANNEL`]) on another host.
     committed: Arc<watch::Sender<u64>>,
@@ -201,8 +201,8 @@ impl PgStore {
             .connect_with(connect_options(url, password_file)?)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let changes = tokio::sync::watch::Sender::new(0);
-        tokio::spawn(listen(pool.clone(), changes.clone()));
+        let changes = Arc::new(tokio::sync::watch::Sender::new(0));
+        tokio::spawn(listen(pool.clone(), Arc::downgrade(&changes)));
         let committed = Arc::new(watch::Sender::new(feed_head(&pool).await?));
         tokio::spawn(listen_feed(pool.clone(), Arc::downgrade(&committed)));
         Ok(PgStore { pool, changes, committed })
@@ -1300,39 +1300,56 @@ async fn notify_change(tx: &mut Tx, case_ref: &str) -> Result<(), StoreError> {
 
 /// Moves `changes` forward on every notification from another host, and
 /// after the listening connection was lost (notifications sent meanwhile
-/// are gone: whoever watches looks again). Reconnects by itself.
-async fn listen(pool: PgPool, changes: tokio::sync::watch::Sender<u64>) {
+/// are gone: whoever watches looks again). Reconnects by itself; ends once
+/// the store is gone.
+async fn listen(pool: PgPool, changes: std::sync::Weak<watch::Sender<u64>>) {
+    let bump = |changes: &std::sync::Weak<watch::Sender<u64>>| match changes.upgrade() {
+        Some(c) => {
+            c.send_modify(|n| *n += 1);
+            true
+        }
+        None => false,
+    };
     let mut delay = Duration::from_millis(200);
     loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot listen for changes yet");
+                if changes.strong_count() == 0 {
+                    return;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::debug!(error = %e, "LISTEN failed");
-            tokio::time::sleep(delay).await;
-            continue;
-        }
         delay = Duration::from_millis(200);
-        changes.send_modify(|n| *n += 1);
+        if !bump(&changes) {
+            return;
+        }
         loop {
-            match listener.try_recv().await {
-                Ok(Some(_)) => changes.send_modify(|n| *n += 1),
-                // The connection was lost; the next call reconnects.
-                Ok(None) => changes.send_modify(|n| *n += 1),
-                Err(e) => {
+            match tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await {
+                // A notification; or the connection was lost (the next call
+                // makes it again) and what was sent meanwhile is gone.
+                Ok(Ok(_)) => {
+                    if !bump(&changes) {
+                        return;
+                    }
+                }
+                // Quiet: only look whether the store is still there.
+                Err(_) if changes.strong_count() == 0 => return,
+                Err(_) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "listening for changes failed; reconnecting");
                     break;
                 }
             }
-        }
-        if changes.is_closed() {
-            return;
         }
         tokio::time::sleep(delay).await;
     }

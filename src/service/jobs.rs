@@ -8,6 +8,7 @@ use crate::control::proto::{Refusal, RefusalKind};
 use crate::domain::verify::CaseFile;
 use crate::export::table::Backing;
 use crate::gdb::FileIdentity;
+use crate::pool::{Halt, Stopped};
 use crate::staging::{self, Expect};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -71,55 +72,76 @@ impl Service {
     }
 
     /// Brings every file to a verified state; returns where each file's bytes are.
+    /// The files go through the daemon's pool of workers (`verify_workers`)
+    /// in parallel; the first file that fails stops the others, and its
+    /// reason is the outcome.
     pub(super) async fn stage_files(
         &self,
         case_ref: &str,
         files: &[CaseFile],
         job: &Arc<StagingJob>,
     ) -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
-        let mode = self.cfg.mode;
-        let staging = self.cfg.staging_dir();
-        let root = self.gdb_root.clone();
-        let files_owned = files.to_vec();
-        let case_ref_owned = case_ref.to_string();
         let counted = Counted::start(job);
+        let outcome = self.stage_files_pooled(case_ref, files, job).await;
+        counted.end(&self.counters);
+        if let Err(NotServable::File(e)) = &outcome {
+            if mismatch(e) {
+                self.counters.verification_failed(CheckedAt::Staging);
+            }
+        }
+        outcome
+    }
+
+    async fn stage_files_pooled(
+        &self,
+        case_ref: &str,
+        files: &[CaseFile],
+        job: &Arc<StagingJob>,
+    ) -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
+        job.progress.halt.store(false, Ordering::Relaxed);
+        let root = self.gdb_root.clone();
+        let files_owned: Arc<Vec<CaseFile>> = Arc::new(files.to_vec());
+        let halt = job.clone();
         let job = job.clone();
-        let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<(Backing, FileIdentity)>, NotServable> {
-            let dir = staging::case_dir(&staging, &case_ref_owned);
-            fn expect(f: &CaseFile) -> Expect<'_> {
-                Expect {
-                    rel: f.file.path.as_str(),
-                    size: f.file.size,
-                    sha256: &f.file.sha256,
-                }
-            }
-            if mode == Mode::Direct {
-                // Each file must match and be unable to change under a reader.
-                let mut out = Vec::new();
-                for f in &files_owned {
-                    let id = staging::verify_in_place(&*root, &expect(f), &job.progress).map_err(NotServable::file)?;
-                    out.push((Backing::Gdb(f.file.path.to_string()), id));
-                }
-                return Ok(out);
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| NotServable::CreateDir {
-                dir: dir.clone(),
+        if self.cfg.mode == Mode::Direct {
+            // Each file must match and be unable to change under a reader.
+            let verified = self
+                .pool
+                .run(files.len(), halt, move |i| -> Result<FileIdentity, staging::StageError> {
+                    staging::verify_in_place(&*root, &expect(&files_owned[i]), &job.progress)
+                })
+                .await
+                .map_err(|stopped| not_servable(case_ref, stopped))?;
+            return Ok(files
+                .iter()
+                .zip(verified)
+                .map(|(f, id)| (Backing::Gdb(f.file.path.to_string()), id))
+                .collect());
+        }
+        let staging = self.cfg.staging_dir();
+        let dir = staging::case_dir(&staging, case_ref);
+        let fresh = dir.clone();
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(&fresh);
+            std::fs::create_dir_all(&fresh).map_err(|e| NotServable::CreateDir {
+                dir: fresh.clone(),
                 source: Arc::new(e),
-            })?;
-            // Copy and verify every file first, then make them durable
-            // together; only then can the case be published.
-            let mut copies = Vec::new();
-            for (i, f) in files_owned.iter().enumerate() {
+            })
+        })
+        .await?;
+        // Copy and verify every file first, then make them durable
+        // together; only then can the case be published. Copies of a case
+        // that failed are deleted as they are dropped.
+        let case_ref_owned = case_ref.to_string();
+        let copies = self
+            .pool
+            .run(files.len(), halt, move |i| {
                 let dest = staging::staged_file(&staging, &case_ref_owned, i);
-                match staging::stage_copy_unsynced(&*root, &expect(f), &dest, &job.progress) {
-                    Ok(c) => copies.push((c, dest)),
-                    Err(e) => {
-                        copies.into_iter().for_each(|(c, _): (staging::StagedCopy, _)| c.discard());
-                        return Err(NotServable::file(e));
-                    }
-                }
-            }
+                staging::stage_copy_unsynced(&*root, &expect(&files_owned[i]), &dest, &job.progress).map(|c| (c, dest))
+            })
+            .await
+            .map_err(|stopped| not_servable(case_ref, stopped))?;
+        blocking(move || {
             let mut out = Vec::new();
             for (c, dest) in copies {
                 out.push((Backing::Staged(dest), c.commit().map_err(NotServable::file)?));
@@ -131,15 +153,6 @@ impl Service {
             Ok(out)
         })
         .await
-        .map_err(|e| NotServable::Task(Arc::new(e)))
-        .and_then(|r| r);
-        counted.end(&self.counters);
-        if let Err(NotServable::File(e)) = &outcome {
-            if mismatch(e) {
-                self.counters.verification_failed(CheckedAt::Staging);
-            }
-        }
-        outcome
     }
 
     pub(super) async fn remove_staging(&self, case_ref: &str) -> std::io::Result<()> {
@@ -182,47 +195,74 @@ impl Service {
         if self.cfg.mode != Mode::Staged {
             return None;
         }
+        job.progress.halt.store(false, Ordering::Relaxed);
         let staging = self.cfg.staging_dir();
-        let files = files.to_vec();
-        let case_ref = case_ref.to_string();
         let counted = Counted::start(job);
-        let counters = self.counters.clone();
+        let files_owned: Arc<Vec<CaseFile>> = Arc::new(files.to_vec());
+        let case_ref_owned = case_ref.to_string();
+        let halt = job.clone();
         let job = job.clone();
-        let intact = tokio::task::spawn_blocking(move || {
-            let mut backings = Vec::new();
-            for (i, f) in files.iter().enumerate() {
-                let p = staging::staged_file(&staging, &case_ref, i);
-                let e = Expect {
-                    rel: f.file.path.as_str(),
-                    size: f.file.size,
-                    sha256: &f.file.sha256,
-                };
-                match staging::verify_copy(&p, &e, &job.progress) {
-                    Ok(id) => backings.push((Backing::Staged(p), id)),
-                    Err(staging::StageError::Cancelled(_)) => return None,
-                    Err(why) => {
-                        if mismatch(&why) {
-                            counters.verification_failed(CheckedAt::Restart);
-                        }
-                        // By file id and kind only: the error names the GDB path.
-                        let kind = match why {
-                            staging::StageError::Checksum { .. } => "its sha256 differs from the catalog's",
-                            staging::StageError::Size { .. } => "its size differs from the catalog's",
-                            _ => "it cannot be read",
-                        };
-                        warn!(case = %case_ref, file_id = %f.file.file_id, "staged copy not intact ({kind}); staging the case again");
-                        return None;
-                    }
-                }
-            }
-            Some(backings)
-        })
-        .await
-        .ok()
-        .flatten();
+        let verified = self
+            .pool
+            .run(files.len(), halt, move |i| {
+                let p = staging::staged_file(&staging, &case_ref_owned, i);
+                staging::verify_copy(&p, &expect(&files_owned[i]), &job.progress).map(|id| (Backing::Staged(p), id))
+            })
+            .await;
         counted.end(&self.counters);
-        intact
+        match verified {
+            Ok(backings) => Some(backings),
+            Err(Stopped::Failed { index, error }) => {
+                if mismatch(&error) {
+                    self.counters.verification_failed(CheckedAt::Restart);
+                }
+                // By file id and kind only: the error names the GDB path.
+                let kind = match error {
+                    staging::StageError::Cancelled(_) => return None,
+                    staging::StageError::Checksum { .. } => "its sha256 differs from the catalog's",
+                    staging::StageError::Size { .. } => "its size differs from the catalog's",
+                    _ => "it cannot be read",
+                };
+                let file_id = files.get(index).map(|f| f.file.file_id.to_string()).unwrap_or_default();
+                warn!(case = %case_ref, file_id = %file_id, "staged copy not intact ({kind}); staging the case again");
+                None
+            }
+            Err(Stopped::Cancelled | Stopped::Panicked(_)) => None,
+        }
     }
+}
+
+impl Halt for StagingJob {
+    fn halted(&self) -> bool {
+        self.progress.stopped()
+    }
+
+    fn halt(&self) {
+        self.progress.halt.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one file of a case must be.
+fn expect(f: &CaseFile) -> Expect<'_> {
+    Expect {
+        rel: f.file.path.as_str(),
+        size: f.file.size,
+        sha256: &f.file.sha256,
+    }
+}
+
+/// Why a batch of the pool stopped, as the reason a case cannot be served.
+fn not_servable(case_ref: &str, stopped: Stopped<staging::StageError>) -> NotServable {
+    match stopped {
+        Stopped::Failed { error, .. } => NotServable::file(error),
+        Stopped::Cancelled => NotServable::file(staging::StageError::Cancelled(case_ref.to_string())),
+        Stopped::Panicked(e) => NotServable::Task(Arc::new(e)),
+    }
+}
+
+/// Runs file-system work off the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, NotServable> + Send + 'static) -> Result<T, NotServable> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| NotServable::Task(Arc::new(e)))?
 }
 
 /// A file whose bytes did not match the catalog (not one that could not be read).

@@ -57,6 +57,8 @@ pub struct Service {
     pub exports: Arc<ExportTable>,
     gdb_root: Arc<OwnedFd>,
     jobs: Mutex<HashMap<String, Arc<StagingJob>>>,
+    /// The workers every staging job and re-verification shares (`verify_workers`).
+    pool: crate::pool::Pool,
     pub stats: Arc<Stats>,
     /// What `metrics` counts besides `stats`.
     pub counters: Arc<Counters>,
@@ -86,6 +88,7 @@ impl Service {
         let gdb_root =
             crate::gdb::open_root(&cfg.gdb_root).map_err(|e| std::io::Error::other(format!("gdb_root {}: {e}", cfg.gdb_root.display())))?;
         let cfg_directory = cfg.directory.clone();
+        let pool = crate::pool::Pool::new(cfg.verify_workers);
         Ok(Arc::new(Service {
             cfg,
             store,
@@ -95,6 +98,7 @@ impl Service {
             exports: ExportTable::new(),
             gdb_root: Arc::new(gdb_root),
             jobs: Mutex::new(HashMap::new()),
+            pool,
             stats: Arc::new(Stats::default()),
             counters: Arc::new(Counters::default()),
             read_path: RwLock::new(None),

@@ -6,10 +6,15 @@
 //! or `list`. `scripts/workcopy-unspring` is tested with and without a
 //! (fake) `spring`.
 //!
+//! SFTP-only clients are tested with OpenSSH's `sftp` against the same sshd,
+//! configured with `systemd/sshd-workcopy-sftp.conf.example`: a chroot on the
+//! mount, read-only `internal-sftp` on a port of its own, the gate on the other.
+//!
 //! Needs root, `/dev/fuse`, rsync (with rrsync), setpriv, useradd and
 //! `/usr/sbin/sshd` (Debian: openssh-server). It creates the unix accounts
 //! `wc-xfer-a` (uid 2001) and `wc-xfer-b` (uid 2003) when no account has those
-//! uids, because sshd needs passwd entries, and leaves them for later runs.
+//! uids, because sshd needs passwd entries, and the group `wc-sftp` with
+//! the account of uid 2001 as its member; it leaves them for later runs.
 
 use crate::common::*;
 use nix::sys::signal::Signal;
@@ -129,6 +134,9 @@ fn require_prerequisites() {
         "useradd",
         "sha256sum",
         "flock",
+        "sftp",
+        "groupadd",
+        "gpasswd",
     ] {
         let found = SYSTEM_PATH.split(':').any(|d| Path::new(d).join(tool).is_file());
         assert!(
@@ -206,6 +214,56 @@ fn ensure_account(uid: u32, name: &str, home: &Path) -> String {
     }
 }
 
+/// The group allowed on the SFTP port in the test sshd (`AllowGroups` of the
+/// shipped snippet); `member` is added to it.
+const SFTP_GROUP: &str = "wc-sftp";
+
+fn ensure_sftp_group(member: &str) {
+    let _guard = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(nix::unistd::Group::from_name(SFTP_GROUP), Ok(Some(_))) {
+        root_ok(&["groupadd", SFTP_GROUP]);
+    }
+    let members = nix::unistd::Group::from_name(SFTP_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.mem)
+        .unwrap_or_default();
+    if !members.iter().any(|m| m == member) {
+        root_ok(&["gpasswd", "-a", member, SFTP_GROUP]);
+    }
+}
+
+/// The shipped sshd snippet for SFTP clients.
+fn sftp_snippet() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sshd-workcopy-sftp.conf.example")
+}
+
+/// The shipped snippet for this test's sshd: its ports, chroot and group
+/// instead of the examples; every other line as shipped.
+fn sftp_config(sftp_port: u16, chroot: &Path) -> String {
+    let text = std::fs::read_to_string(sftp_snippet()).unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let t = l.trim();
+            let new = match t {
+                // The test sshd's own port is in the harness's part.
+                "Port 22" => None,
+                "Port 2222" => Some(format!("Port {sftp_port}")),
+                "Match LocalPort 2222" => Some(format!("Match LocalPort {sftp_port}")),
+                "ChrootDirectory /srv/workcopy" => Some(format!("    ChrootDirectory {}", chroot.display())),
+                "AllowGroups workcopy-sftp" => Some(format!("    AllowGroups {SFTP_GROUP}")),
+                _ => return Some(l.to_string()),
+            };
+            replaced += 1;
+            new
+        })
+        .collect();
+    assert_eq!(replaced, 5, "the snippet no longer has the lines this test adapts:\n{text}");
+    lines.join("\n") + "\n"
+}
+
 /// A department's account on both sides: its unix name on the transfer host
 /// and its ssh key (owned by the uid) on the "regional server".
 struct Account {
@@ -214,10 +272,13 @@ struct Account {
     key: PathBuf,
 }
 
-/// A real OpenSSH server on 127.0.0.1 whose keys force the gate. Killed on drop.
+/// A real OpenSSH server on 127.0.0.1 whose keys force the gate (on
+/// `port`), and serve SFTP in a chroot on the mount (on `sftp_port`, when
+/// configured). Killed on drop.
 struct Sshd {
     child: Child,
     port: u16,
+    sftp_port: Option<u16>,
     log: PathBuf,
 }
 
@@ -267,15 +328,51 @@ struct Fixture {
     b: Account,
     known_hosts: PathBuf,
     env: Env,
+    /// The root-owned directory that holds the mount point, with SFTP; dropped after the daemon.
+    _chroot_parent: Option<tempfile::TempDir>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         require_prerequisites();
-        let env = Env::ready();
+        Fixture::build(Env::ready(), None)
+    }
+
+    /// With the SFTP port of `systemd/sshd-workcopy-sftp.conf.example`. The
+    /// mount point lies in a root-owned directory, as sshd requires of a
+    /// chroot, and the daemon reads on the user-space path, so each open's
+    /// `file_read` record says how many bytes it was served.
+    fn with_sftp() -> Fixture {
+        require_prerequisites();
+        let parent = tempfile::Builder::new()
+            .prefix("wc-sftp-")
+            .tempdir_in("/run")
+            .unwrap_or_else(|e| panic!("cannot make a directory in /run: {e}"));
+        chmod(parent.path(), 0o755);
+        for dir in parent.path().ancestors() {
+            let m = std::fs::metadata(dir).unwrap();
+            assert!(
+                m.uid() == 0 && m.mode() & 0o022 == 0,
+                "{} must be root's and not group- or world-writable for sshd's ChrootDirectory",
+                dir.display()
+            );
+        }
+        let mut env = Env::with(|o| o.extra_config = "passthrough = false\n".into());
+        env.mnt = parent.path().join("mnt");
+        write_file(&env.config, env.config_toml().as_bytes(), 0o644);
+        env.start();
+        env.import_catalog();
+        Fixture::build(env, Some(parent))
+    }
+
+    fn build(env: Env, chroot_parent: Option<tempfile::TempDir>) -> Fixture {
+        let sftp = chroot_parent.is_some();
         let root = env.root.clone();
         let a_name = ensure_account(UID_A1, "wc-xfer-a", &root.join("home-a"));
         let b_name = ensure_account(UID_B1, "wc-xfer-b", &root.join("home-b"));
+        if sftp {
+            ensure_sftp_group(&a_name);
+        }
         assert_scripts_usable_by(UID_A1);
         assert_scripts_usable_by(UID_B1);
 
@@ -335,7 +432,15 @@ impl Fixture {
         let mut started = None;
         for _attempt in 0..3 {
             let port = free_port();
-            let text = format!(
+            let sftp_port = sftp.then(|| {
+                loop {
+                    let p = free_port();
+                    if p != port {
+                        break p;
+                    }
+                }
+            });
+            let mut text = format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
                  AuthorizedKeysFile {keys}/%u\nAllowUsers {ua} {ub}\nUsePAM no\nStrictModes no\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
@@ -345,10 +450,22 @@ impl Fixture {
                 ua = a.name,
                 ub = b.name,
             );
+            if let Some(p) = sftp_port {
+                // As in the sshd_config a distribution ships; the snippet relies on it.
+                text.push_str("Subsystem sftp internal-sftp\n");
+                text.push_str(&sftp_config(p, &env.mnt));
+            }
             write_file(&config, text.as_bytes(), 0o644);
             let cs = config.display().to_string();
             root_ok(&[SSHD, "-t", "-f", &cs]);
             let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+            let log_from = logf.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+            // sshd goes on when it could bind one of two ports: both must be ours.
+            let listening = |p: u16| {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.get(log_from..)
+                    .is_some_and(|t| t.contains(&format!("Server listening on 127.0.0.1 port {p}.")))
+            };
             let mut child = root_cmd(&[SSHD, "-D", "-e", "-f", &cs])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -360,11 +477,17 @@ impl Fixture {
                 if let Ok(Some(_)) = child.try_wait() {
                     break false;
                 }
-                if ssh_banner(port) {
+                if ssh_banner(port) && sftp_port.is_none_or(ssh_banner) {
                     // The banner could come from another test's sshd on a clashing
                     // port while ours is failing to bind: ours must still be alive.
                     std::thread::sleep(Duration::from_millis(100));
-                    break matches!(child.try_wait(), Ok(None));
+                    let alive = matches!(child.try_wait(), Ok(None));
+                    if alive && sftp_port.is_some_and(|p| !(listening(port) && listening(p))) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break false;
+                    }
+                    break alive;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -377,6 +500,7 @@ impl Fixture {
                 started = Some(Sshd {
                     child,
                     port,
+                    sftp_port,
                     log: log.clone(),
                 });
                 break;
@@ -390,17 +514,18 @@ impl Fixture {
         });
         let host_pub = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap();
         let known_hosts = dir.join("known_hosts");
-        write_file(
-            &known_hosts,
-            format!("[127.0.0.1]:{} {}\n", sshd.port, host_pub.trim()).as_bytes(),
-            0o644,
-        );
+        let mut hosts = format!("[127.0.0.1]:{} {}\n", sshd.port, host_pub.trim());
+        if let Some(p) = sshd.sftp_port {
+            hosts.push_str(&format!("[127.0.0.1]:{p} {}\n", host_pub.trim()));
+        }
+        write_file(&known_hosts, hosts.as_bytes(), 0o644);
         Fixture {
             sshd,
             a,
             b,
             known_hosts,
             env,
+            _chroot_parent: chroot_parent,
         }
     }
 
@@ -448,7 +573,11 @@ impl Fixture {
 
     /// `ssh USER@127.0.0.1 REMOTE` as `acct` with its key (the gate decides).
     fn ssh(&self, acct: &Account, remote: &str, input: Option<&str>) -> Out {
-        let port = self.sshd.port.to_string();
+        self.ssh_on(self.sshd.port, &[], acct, remote, input)
+    }
+
+    /// `ssh EXTRA… USER@127.0.0.1 REMOTE` as `acct` with its key, on `port`.
+    fn ssh_on(&self, port: u16, extra: &[&str], acct: &Account, remote: &str, input: Option<&str>) -> Out {
         let key = acct.key.display().to_string();
         let target = format!("{}@127.0.0.1", acct.name);
         let mut argv: Vec<String> = vec![
@@ -457,7 +586,7 @@ impl Fixture {
             "/dev/null".into(),
             "-T".into(),
             "-p".into(),
-            port,
+            port.to_string(),
             "-i".into(),
             key,
             "-o".into(),
@@ -469,17 +598,106 @@ impl Fixture {
             argv.push("-o".into());
             argv.push(o);
         }
+        argv.extend(extra.iter().map(|s| s.to_string()));
         argv.push(target);
-        argv.push(remote.to_string());
+        if !remote.is_empty() || extra.is_empty() {
+            argv.push(remote.to_string());
+        }
         let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let desc = format!("uid {}: ssh {} {remote:?}", acct.uid, acct.name);
+        let desc = format!("uid {}: ssh -p {port} {} {} {remote:?}", acct.uid, extra.join(" "), acct.name);
         self.with_log(run(uid_cmd(acct.uid, &refs), &desc, input))
+    }
+
+    /// A second key for `acct`, authorized with the gate as its forced
+    /// command but without `restrict` (never do this on a real host: on the
+    /// gate's port such a key may forward connections).
+    fn add_key_without_restrict(&self, acct: &Account) -> PathBuf {
+        let dir = acct.key.parent().unwrap();
+        let key = dir.join("id_ed25519_loose");
+        let ks = key.display().to_string();
+        root_ok(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "loose", "-f", &ks]);
+        let public = dir.join("id_ed25519_loose.pub");
+        for f in [&key, &public] {
+            nix::unistd::chown(f.as_path(), Some(Uid::from_raw(acct.uid)), Some(Gid::from_raw(acct.uid))).unwrap();
+        }
+        chmod(&key, 0o600);
+        let keys = self.env.root.join("ssh/keys").join(&acct.name);
+        let line = std::fs::read_to_string(&keys).unwrap();
+        let gate = line.split(",restrict ").next().unwrap().to_string();
+        let public = std::fs::read_to_string(&public).unwrap();
+        write_file(&keys, format!("{line}{gate} {}\n", public.trim()).as_bytes(), 0o644);
+        key
+    }
+
+    /// OpenSSH's `sftp` as `acct` on the SFTP port, in batch mode (`-b`, one
+    /// command a line in `batch_file`), `extra` options before the
+    /// destination. Not yet run.
+    fn sftp_cmd(&self, acct: &Account, batch_file: &Path, extra: &[&str]) -> (Command, String) {
+        let port = self.sshd.sftp_port.expect("a fixture with SFTP").to_string();
+        let key = acct.key.display().to_string();
+        let batch = batch_file.display().to_string();
+        let mut argv: Vec<String> = [
+            "sftp",
+            "-F",
+            "/dev/null",
+            "-b",
+            &batch,
+            "-P",
+            &port,
+            "-i",
+            &key,
+            "-o",
+            "IdentitiesOnly=yes",
+        ]
+        .map(String::from)
+        .to_vec();
+        for o in self.ssh_options() {
+            argv.push("-o".into());
+            argv.push(o);
+        }
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.push(format!("{}@127.0.0.1", acct.name));
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let desc = format!(
+            "uid {}: {} <<< {:?}",
+            acct.uid,
+            argv.join(" "),
+            std::fs::read_to_string(batch_file).unwrap_or_default()
+        );
+        (uid_cmd(acct.uid, &refs), desc)
+    }
+
+    /// Runs `batch` through `sftp -b` as `acct` to the end. A batch stops at
+    /// the first command that fails, and sftp then exits non-zero.
+    fn sftp(&self, acct: &Account, batch: &str) -> Out {
+        let file = self.env.root.join(format!(
+            "batch-{}-{}",
+            acct.uid,
+            BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        write_file(&file, batch.as_bytes(), 0o644);
+        let (cmd, desc) = self.sftp_cmd(acct, &file, &[]);
+        self.with_log(run(cmd, &desc, None))
     }
 
     /// Appends the sshd log to the command description, for failure messages.
     fn with_log(&self, mut out: Out) -> Out {
         out.cmd = format!("{}\n--- sshd log (tail) ---\n{}", out.cmd, tail(&self.sshd.log(), 15));
         out
+    }
+
+    /// A 64 MiB FASTQ file of DEPT-A1 (GDB-0100, run4/BIG_R1.fastq), added
+    /// to the GDB with a second catalog import.
+    fn add_big_file(&mut self) -> (GdbFile, Vec<u8>) {
+        let data = big_fastq(64 << 20);
+        let rel = "run4/BIG_R1.fastq";
+        write_file(&self.env.gdb.join(rel), &data, 0o644);
+        chmod(&self.env.gdb.join("run4"), 0o755);
+        let big = GdbFile::new("GDB-0100", rel, DEPT_A1, &data);
+        let catalog = self.env.write_catalog("big.tsv", &catalog_tsv(std::slice::from_ref(&big)));
+        self.env.cli(&["catalog", "import", catalog.to_str().unwrap()]).ok();
+        self.env.files.push(big.clone());
+        (big, data)
     }
 
     /// Opens a case for ALICE (DEPT-A1) and approves it; returns when it is exported.
@@ -518,6 +736,9 @@ impl Fixture {
         assert_eq!(present, want, "files in {}", dir.display());
     }
 }
+
+/// Numbers the batch files of `Fixture::sftp`.
+static BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The last `n` lines of `s`.
 fn tail(s: &str, n: usize) -> String {
@@ -660,15 +881,7 @@ fn pull_over_ssh_verifies_confirms_and_the_case_is_received() {
 #[test]
 fn an_interrupted_pull_keeps_its_partial_data_and_resumes() {
     let mut fx = Fixture::new();
-    // A 64 MiB FASTQ file of DEPT-A1, added to the GDB with a second catalog import.
-    let data = big_fastq(64 << 20);
-    let rel = "run4/BIG_R1.fastq";
-    write_file(&fx.env.gdb.join(rel), &data, 0o644);
-    chmod(&fx.env.gdb.join("run4"), 0o755);
-    let big = GdbFile::new("GDB-0100", rel, DEPT_A1, &data);
-    let catalog = fx.env.write_catalog("big.tsv", &catalog_tsv(std::slice::from_ref(&big)));
-    fx.env.cli(&["catalog", "import", catalog.to_str().unwrap()]).ok();
-    fx.env.files.push(big.clone());
+    let (big, data) = fx.add_big_file();
     let case_ref = "REG-A1-0002";
     fx.export(case_ref, &["GDB-0100", "GDB-0001"]);
     let dest = owned_dir(&fx.env.root.join("regional-a"), UID_A1);
@@ -753,6 +966,222 @@ fn an_interrupted_pull_keeps_its_partial_data_and_resumes() {
         files_under(&got)
     );
     assert_eq!(fx.env.state_of(case_ref), "received");
+}
+
+// ---------------------------------------------------------------- SFTP
+
+/// An SFTP-only client (OpenSSH's `sftp` in batch mode) on the port of
+/// `systemd/sshd-workcopy-sftp.conf.example`: in its chroot on the mount it
+/// sees only its own case, gets it whole, resumes an interrupted transfer
+/// with `reget`, can change nothing, runs no command and forwards nothing;
+/// then the department confirms through the gate on the other port, with the
+/// same account and key.
+#[test]
+fn sftp_in_a_chroot_on_the_mount_reads_own_cases_and_confirms_through_the_gate() {
+    let mut fx = Fixture::with_sftp();
+    let (big, data) = fx.add_big_file();
+    let case_ref = "SFTP-A1-0001";
+    fx.export(case_ref, &["GDB-0100", "GDB-0001", "GDB-0002"]);
+    // Another department's case in the same mount.
+    let other = "SFTP-B1-0001";
+    fx.env.cli(&["case", "open", other, "--requester", BERT, "GDB-0007"]).ok();
+    fx.env
+        .cli(&["case", "approve", other])
+        .ok()
+        .stdout_has(&format!("case {other} exported"));
+    let a = &fx.a;
+
+    // The root of the chroot holds the account's own case and nothing else:
+    // not the other department's, not the host's files; `..` is the root again.
+    let out = fx.sftp(a, "ls -1a /\nls -1a /..\n").ok();
+    let listed: Vec<&str> = out.stdout.lines().filter(|l| !l.starts_with("sftp>")).map(str::trim).collect();
+    assert!(listed.iter().any(|l| l.ends_with(case_ref)), "{out}");
+    for line in &listed {
+        let name = line.rsplit('/').next().unwrap_or(line);
+        assert!([".", "..", case_ref].contains(&name), "{line:?} is listed:\n{out}");
+    }
+
+    // get -R of the case: every file with the catalog's sha256, and SHA256SUMS.
+    let dest = owned_dir(&fx.env.root.join("sftp-a"), UID_A1);
+    fx.sftp(a, &format!("get -R /{case_ref} {}\n", dest.display())).ok();
+    let got = dest.join(case_ref);
+    fx.assert_arrived(case_ref, &got);
+
+    // An interrupted transfer: the big file with a bandwidth limit, the
+    // client killed (a dropped link) once some MiB have arrived.
+    let reads_of_big = |env: &Env| -> Vec<serde_json::Value> {
+        let log = env.cli(&["case", "log", case_ref, "--json"]).ok().json();
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["event"] == "file_read" && r["details"]["file"] == "BIG_R1.fastq")
+            .cloned()
+            .collect()
+    };
+    let resume = owned_dir(&fx.env.root.join("sftp-resume"), UID_A1);
+    let local = resume.join("BIG_R1.fastq");
+    let batch = fx.env.root.join("batch-interrupted");
+    write_file(
+        &batch,
+        format!("get /{case_ref}/BIG_R1.fastq {}\n", local.display()).as_bytes(),
+        0o644,
+    );
+    // 40,000 kbit/s: about 5 MB/s, so the 64 MiB take some 13 s.
+    let (mut cmd, desc) = fx.sftp_cmd(a, &batch, &["-l", "40000"]);
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let pgid = Pid::from_raw(child.id() as i32);
+    let threshold: u64 = 6 << 20;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut grown = 0;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            panic!("{desc} ended ({status}) before it could be interrupted:\n{err}");
+        }
+        grown = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+        if grown >= threshold {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait();
+    assert!(
+        grown >= threshold,
+        "the transfer did not reach {threshold} bytes within 40 s ({grown})"
+    );
+    let gone = fx.env.wait_for(Duration::from_secs(20), || !group_alive(pgid.as_raw()));
+    assert!(gone, "the killed sftp client is still running");
+    let partial = std::fs::read(&local).unwrap();
+    assert!((partial.len() as u64) < big.size, "the transfer finished before it was interrupted");
+    assert!(data.starts_with(&partial), "the partial file is not a prefix of the GDB file");
+    // The daemon has seen the killed session's file closed (the read of the get -R and this one).
+    assert!(
+        fx.env.wait_for(Duration::from_secs(10), || reads_of_big(&fx.env).len() == 2),
+        "{:?}",
+        reads_of_big(&fx.env)
+    );
+
+    // reget resumes where the local file ends: the result is the catalog's
+    // file, and the daemon served only the rest of it.
+    fx.sftp(a, &format!("reget /{case_ref}/BIG_R1.fastq {}\n", local.display())).ok();
+    assert_eq!(sha256_file(&local), big.sha256, "the resumed file differs from the catalog");
+    assert!(
+        fx.env.wait_for(Duration::from_secs(10), || reads_of_big(&fx.env).len() == 3),
+        "{:?}",
+        reads_of_big(&fx.env)
+    );
+    let served = reads_of_big(&fx.env)[2]["details"]["bytes_read"].as_u64().unwrap();
+    let rest = big.size - partial.len() as u64;
+    assert!(
+        served >= rest && served < rest + (1 << 20),
+        "the resumed transfer was served {served} bytes; {rest} were missing"
+    );
+
+    // The other department's case cannot be reached, nor anything outside the mount.
+    let stolen = dest.join("stolen");
+    for batch in [
+        format!("ls /{other}"),
+        format!("cd /{other}"),
+        format!("get /{other}/B1_R1.fastq {}", stolen.display()),
+        format!("get -R /{other} {}", stolen.display()),
+        format!("get /../{other}/B1_R1.fastq {}", stolen.display()),
+        format!("get /etc/passwd {}", stolen.display()),
+        format!("get ../../../../etc/passwd {}", stolen.display()),
+        "ls /etc".to_string(),
+    ] {
+        fx.sftp(a, &format!("{batch}\n")).fails();
+    }
+    assert!(!stolen.exists(), "something arrived from outside the account's cases");
+
+    // Every write is refused (sftp-server's read-only mode), and the case is as it was.
+    let upload = fx.env.root.join("upload.txt");
+    // Larger than the case file, so that `reput` asks the server to append.
+    write_file(&upload, &vec![b'N'; 4 << 20], 0o644);
+    let f = format!("/{case_ref}/S1_R1.fastq");
+    let up = upload.display();
+    for batch in [
+        format!("put {up} /{case_ref}/upload.txt"),
+        format!("put {up} /upload.txt"),
+        format!("reput {up} {f}"),
+        format!("mkdir /{case_ref}/new"),
+        "mkdir /new".to_string(),
+        format!("rm {f}"),
+        format!("rm /{case_ref}/SHA256SUMS"),
+        format!("rmdir /{case_ref}"),
+        format!("rename {f} /{case_ref}/renamed.fastq"),
+        format!("chmod 666 {f}"),
+        format!("chown {UID_A1} {f}"),
+        format!("chgrp {UID_A1} {f}"),
+        format!("symlink {f} /{case_ref}/link"),
+    ] {
+        fx.sftp(a, &format!("{batch}\n")).fails().stderr_has("Permission denied");
+    }
+    // A read-only server does not even offer hard links.
+    fx.sftp(a, &format!("ln {f} /{case_ref}/hardlink\n"))
+        .fails()
+        .stderr_has("does not support hardlink");
+    let out = fx.sftp(a, &format!("ls -1 /{case_ref}\n")).ok();
+    let mut names: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .filter_map(|l| l.trim().rsplit('/').next())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["BIG_R1.fastq", "S1_R1.fastq", "S1_R2.fastq", "SHA256SUMS"], "{out}");
+
+    // The SFTP port runs no command and forwards nothing, whatever the key
+    // allows: a second key of the account without `restrict` shows it is the
+    // snippet that refuses.
+    let loose = Account {
+        uid: a.uid,
+        name: a.name.clone(),
+        key: fx.add_key_without_restrict(a),
+    };
+    let port = fx.sshd.sftp_port.unwrap();
+    let out = fx.ssh_on(port, &[], &loose, "list", None);
+    assert_ne!(out.status, 0, "{out}");
+    // (sshd says so on the session's standard output.)
+    assert!(out.stdout.contains("This service allows sftp connections only."), "{out}");
+    let forward = format!("127.0.0.1:{}", fx.sshd.port);
+    let out = fx.ssh_on(port, &["-W", &forward], &loose, "", None).fails();
+    assert!(!out.stdout.contains("SSH-2.0"), "a connection was forwarded:\n{out}");
+    out.stderr_has("stdio forwarding failed");
+    assert!(fx.sshd.log().contains("refused local port forward"), "{}", fx.sshd.log());
+    // The same key gets a forwarding on the gate's port (the snippet's Match
+    // block is what refused it above), so the test can tell.
+    let out = fx.ssh_on(fx.sshd.port, &["-W", &forward], &loose, "", None);
+    assert!(
+        out.stdout.contains("SSH-2.0"),
+        "the unrestricted key could not forward on the gate's port:\n{out}"
+    );
+    // An account outside the group named in AllowGroups may not use the SFTP port.
+    let out = fx.sftp(&fx.b, "ls /\n").fails().stderr_has("Permission denied");
+    assert!(!out.stdout.contains(other), "{out}");
+    let refused = format!(
+        "User {} from 127.0.0.1 not allowed because none of user's groups are listed in AllowGroups",
+        fx.b.name
+    );
+    assert!(fx.sshd.log().contains(&refused), "{}", fx.sshd.log());
+
+    // The department confirms what it received through the gate, as rsync
+    // clients do: `sha256sum -- *` in the received directory, SHA256SUMS included.
+    let mut sums: Vec<(String, String)> = std::fs::read_dir(&got)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), sha256_file(&e.path())))
+        .collect();
+    sums.sort();
+    assert_eq!(sums.len(), 4, "{sums:?}");
+    fx.ssh(a, &format!("confirm {case_ref}"), Some(&sums_list(&sums))).ok();
+    assert_eq!(fx.env.state_of(case_ref), "received");
+    assert_eq!(fx.env.state_of(other), "exported");
 }
 
 // ---------------------------------------------------------------- refusals

@@ -1338,6 +1338,27 @@ fn force_close_during_staging_leaves_nothing_behind() {
     env.cli(&["audit", "verify"]).ok();
 }
 
+/// The files of a case are staged in parallel: a file that does not match
+/// stops the others at once, and the case is blocked with that file's
+/// reason (not with the stop of the others), leaving no copy behind.
+#[test]
+fn a_bad_file_stops_the_others_and_blocks_with_its_reason() {
+    let (env, _) = env_with_big_file();
+    open(&env, "PAR-1", ALICE, &["GDB-0900", "GDB-0001"]).ok();
+    let p = env.gdb_path("GDB-0001");
+    let mut bad = std::fs::read(&p).unwrap();
+    bad[0] ^= 0x01;
+    std::fs::write(&p, &bad).unwrap();
+    let path = env.file("GDB-0001").path.clone();
+    env.cli(&["case", "approve", "PAR-1"])
+        .fails()
+        .stderr_has(&format!("case PAR-1 blocked: {path}: sha256 is "));
+    let log = env.cli(&["case", "log", "PAR-1", "--json"]).ok().stdout;
+    assert!(!log.contains("staging stopped"), "{log}");
+    assert!(!env.staging_dir("PAR-1").exists(), "{}", env.daemon_log());
+    assert_eq!(env.events("PAR-1"), ["opened", "approved", "blocked"]);
+}
+
 /// A refused change (reject of an approved case, by staff or by the case's
 /// own department) must not disturb the staging that is running.
 #[test]

@@ -240,6 +240,7 @@ fn install_puts_everything_in_place_and_the_installed_unit_verifies() {
         "usr/local/share/man/man1/workcopy-case-open.1",
         "usr/share/bash-completion/completions/workcopy",
         "usr/share/doc/workcopy/OPERATIONS.md",
+        "usr/share/doc/workcopy/sshd-workcopy-sftp.conf.example",
     ] {
         assert!(root.join(f).is_file(), "{f} was not installed");
     }
