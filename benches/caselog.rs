@@ -117,6 +117,8 @@ async fn build(db: &Path, records: u64) -> Result<SqliteStore> {
             lines: Vec::new(),
         },
         files: Vec::new(),
+        opened_uid: 1500,
+        self_service: None,
     };
     let staff = |name: &str| event(name, "ngc-staff", 1500, serde_json::json!({}));
     store.create_case(case, staff("opened")).await?;

@@ -1,5 +1,5 @@
-//! The catalog at national scale: an import of 1,000,000 rows and descriptor
-//! resolution against that catalog.
+//! The catalog at national scale: an import of 1,000,000 rows, descriptor
+//! resolution and `catalog search` against that catalog.
 //!
 //! `cargo bench --bench catalog [-- --rows N --runs N --lookups N] [--postgres]`
 //!
@@ -10,9 +10,11 @@
 //! Generates a realistic catalog TSV (deterministic: the same rows every run),
 //! then measures in one process: parsing (`parse_catalog`), the store import
 //! into a fresh SQLite database (`Store::import_catalog`, the median of
-//! `--runs` runs), an idempotent re-import of the same rows, and
-//! `Store::resolve` latency per kind of descriptor. `WORKCOPY_BENCH_ROWS`
-//! sets the row count too; `--rows` wins.
+//! `--runs` runs), an idempotent re-import of the same rows,
+//! `Store::resolve` latency per kind of descriptor, and the latency of
+//! typical searches (`workcopy::service::find_files`, what `catalog search`
+//! runs) as staff and as requesters of a large and of a small user group.
+//! `WORKCOPY_BENCH_ROWS` sets the row count too; `--rows` wins.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a quick
 //! smoke test: 2,000 rows, one run, 200 look-ups per kind.
@@ -35,6 +37,7 @@ use time::{OffsetDateTime, UtcOffset};
 use workcopy::db::{ImportSummary, Store};
 use workcopy::domain::catalog::parse_catalog;
 use workcopy::domain::directory::Directory;
+use workcopy::domain::search::{CatalogQuery, Glob};
 
 /// Departments: id, name, group, transfer account uid, weight (share of the files).
 const DEPARTMENTS: [(&str, &str, &str, u32, u64); 8] = [
@@ -332,6 +335,81 @@ fn descriptors(cat: &Catalog, kind: Kind, count: usize, rng: &mut Rng) -> Vec<(S
 }
 
 // ---------------------------------------------------------------------------
+// Searches
+
+/// Who searches: staff (every file), and requesters of a large user group
+/// (36 % of the files) and of a small one (2 %).
+const WHO: [(&str, Option<&[&str]>); 3] = [
+    ("staff", None),
+    ("requester, 36 % group", Some(&["HGH-GEN", "RH-KGA"])),
+    ("requester, 2 % group", Some(&["NGC-RES"])),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Search {
+    Sample,
+    Prefix,
+    Run,
+    Since,
+    Many,
+    All,
+    NoMatch,
+}
+
+impl Search {
+    const ALL: [Search; 7] = [
+        Search::Sample,
+        Search::Prefix,
+        Search::Run,
+        Search::Since,
+        Search::Many,
+        Search::All,
+        Search::NoMatch,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Search::Sample => "--sample S0123456 (2 files)",
+            Search::Prefix => "'S012345*' (20 files)",
+            Search::Run => "'runs/2024/R0123/*' (a run: 400 files)",
+            Search::Since => "--since 30 days ago (200 of ~12,000)",
+            Search::Many => "'*_R1_*' (200 of half the catalog)",
+            Search::All => "no pattern (the first 200)",
+            Search::NoMatch => "'*_L009_*' (nothing matches: every row read)",
+        }
+    }
+
+    fn query(self, cat: &Catalog, departments: Option<&[&str]>, rng: &mut Rng) -> Result<(Option<Glob>, CatalogQuery)> {
+        let i = rng.below(cat.rows);
+        let mut q = CatalogQuery {
+            departments: departments.map(|d| d.iter().map(|s| s.to_string()).collect()),
+            ..CatalogQuery::default()
+        };
+        let pattern = match self {
+            Search::Sample => {
+                q.sample_id = Some(format!("S{:07}", i / 2));
+                None
+            }
+            Search::Prefix => Some(format!("S{:06}*", i / 20)),
+            Search::Run => {
+                let path = cat.path(i);
+                Some(format!("{}*", &path[..path.rfind('/').unwrap_or(0) + 1]))
+            }
+            Search::Since => {
+                q.since_ns = Some((EPOCH + SPAN_SECS - 30 * 86_400) * 1_000_000_000);
+                None
+            }
+            Search::Many => Some("*_R1_*".into()),
+            Search::All => None,
+            Search::NoMatch => Some("*_L009_*".into()),
+        };
+        let glob = pattern.as_deref().map(Glob::parse).transpose().map_err(anyhow::Error::msg)?;
+        q.name = glob.as_ref().map(Glob::filter);
+        Ok((glob, q))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Measuring
 
 fn median(v: &[f64]) -> f64 {
@@ -620,6 +698,42 @@ fn main() -> Result<()> {
         })?;
         latencies.push((kind, times));
     }
+
+    // (e): search latency, as staff and as requesters of two user groups.
+    let searches = o.lookups.min(200);
+    let mut search_latencies = Vec::new();
+    for (who, departments) in WHO {
+        for search in Search::ALL {
+            let mut rng = Rng(11);
+            let n = if search == Search::NoMatch {
+                searches.div_ceil(10)
+            } else {
+                searches
+            };
+            let times = rt.block_on(async {
+                let mut times = Vec::with_capacity(n);
+                let mut found = 0;
+                for k in 0..n + 5 {
+                    let (glob, query) = search.query(&cat, departments, &mut rng)?;
+                    let t = Instant::now();
+                    let (files, _more) = workcopy::service::find_files(store.as_ref(), &query, glob.as_ref()).await?;
+                    // The first few warm the cache.
+                    if k >= 5 {
+                        times.push(t.elapsed());
+                        found += files.len();
+                    }
+                }
+                if search != Search::NoMatch && found == 0 {
+                    bail!("{} as {who} found nothing in {n} searches", search.label());
+                }
+                if search == Search::NoMatch && found != 0 {
+                    bail!("{} as {who} found {found} files", search.label());
+                }
+                Ok((times, found as f64 / n as f64))
+            })?;
+            search_latencies.push((who, search, times));
+        }
+    }
     rt.block_on(async { drop(store) });
     backend.stop();
 
@@ -681,6 +795,25 @@ fn main() -> Result<()> {
         let p99 = us(percentile(&times, 0.99));
         let max = us(times.last().copied().unwrap_or_default());
         println!("  {:<26}{med:>10.1}{p99:>10.1}{max:>10.1}", kind.label());
+    }
+    println!(
+        "search, workcopy::service::find_files (what `catalog search` runs), {} searches each (ms):",
+        thousands(searches as u64)
+    );
+    println!(
+        "  {:<22}{:<44}{:>9}{:>9}{:>9}{:>8}",
+        "as", "search", "median", "p99", "max", "files"
+    );
+    for (who, search, (mut times, files)) in search_latencies {
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  {who:<22}{:<44}{:>9.2}{:>9.2}{:>9.2}{files:>8.0}",
+            search.label(),
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+            ms(times.last().copied().unwrap_or_default()),
+        );
     }
     if let Some(rss) = peak_rss_mib() {
         println!(

@@ -45,6 +45,8 @@ pub enum EventKind {
     Received,
     Closed,
     Expired,
+    /// The requester withdrew a self-service request.
+    Cancelled,
     /// A file of the case was opened in the mount.
     FileOpened,
     /// A user-space open was released: how much of the file it read.
@@ -60,7 +62,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Opened,
         EventKind::Approved,
         EventKind::Exported,
@@ -69,6 +71,7 @@ impl EventKind {
         EventKind::Received,
         EventKind::Closed,
         EventKind::Expired,
+        EventKind::Cancelled,
         EventKind::FileOpened,
         EventKind::FileRead,
         EventKind::ReceiptRefused,
@@ -87,6 +90,7 @@ impl EventKind {
             EventKind::Received => "received",
             EventKind::Closed => "closed",
             EventKind::Expired => "expired",
+            EventKind::Cancelled => "cancelled",
             EventKind::FileOpened => "file_opened",
             EventKind::FileRead => "file_read",
             EventKind::ReceiptRefused => "receipt_refused",

@@ -63,6 +63,9 @@ struct RawConfig {
     case_ttl: Option<String>,
     passthrough: Option<bool>,
     max_open_files_per_account: Option<i64>,
+    max_open_requests_per_user: Option<i64>,
+    max_requests_per_user_per_day: Option<i64>,
+    four_eyes: Option<bool>,
     database_password_file: Option<PathBuf>,
     host: Option<String>,
     heartbeat: Option<String>,
@@ -87,6 +90,14 @@ pub struct Config {
     pub passthrough: bool,
     /// Files one transfer account may hold open in the mount at once (default 1024).
     pub max_open_files_per_account: usize,
+    /// Self-service requests one directory user may have that are not yet
+    /// closed, rejected, cancelled or expired (default 5).
+    pub max_open_requests_per_user: usize,
+    /// Self-service requests one directory user may make in 24 hours,
+    /// whatever became of them (default 50).
+    pub max_requests_per_user_per_day: usize,
+    /// The uid that opened a case may not approve it (default false).
+    pub four_eyes: bool,
     /// A file holding the PostgreSQL password (else the URL's, else `$PGPASSWORD`).
     pub database_password_file: Option<PathBuf>,
     /// This daemon's name in the register (default: the hostname).
@@ -154,6 +165,16 @@ impl Config {
             Some(n) if (1..=65_536).contains(&n) => n as usize,
             Some(n) => return Err(bad("max_open_files_per_account", format!("{n} is not between 1 and 65536"))),
         };
+        let max_open_requests_per_user = match raw.max_open_requests_per_user {
+            None => 5,
+            Some(n) if (1..=1_000).contains(&n) => n as usize,
+            Some(n) => return Err(bad("max_open_requests_per_user", format!("{n} is not between 1 and 1000"))),
+        };
+        let max_requests_per_user_per_day = match raw.max_requests_per_user_per_day {
+            None => 50,
+            Some(n) if (1..=100_000).contains(&n) => n as usize,
+            Some(n) => return Err(bad("max_requests_per_user_per_day", format!("{n} is not between 1 and 100000"))),
+        };
         let verify_workers = match raw.verify_workers {
             None => default_verify_workers(),
             Some(n) if (1..=1024).contains(&n) => n as usize,
@@ -219,6 +240,9 @@ impl Config {
             case_ttl,
             passthrough: raw.passthrough.unwrap_or(true),
             max_open_files_per_account,
+            max_open_requests_per_user,
+            max_requests_per_user_per_day,
+            four_eyes: raw.four_eyes.unwrap_or(false),
             database_password_file: raw.database_password_file,
             host,
             heartbeat,
@@ -300,10 +324,25 @@ staff_group = "workcopy-staff"
         assert_eq!(c.case_ttl, Duration::from_secs(14 * 86400));
         assert_eq!(c.database_url, "sqlite:///var/lib/workcopy/workcopy.db");
         assert_eq!(c.staff_group, GroupSpec::Name("workcopy-staff".into()));
+        assert_eq!(c.max_open_requests_per_user, 5);
+        assert_eq!(c.max_requests_per_user_per_day, 50);
+        assert!(!c.four_eyes);
         assert_eq!(c.heartbeat, Duration::from_secs(10));
         assert!(!c.host.is_empty() && !c.shared_register());
         assert_eq!(c.verify_workers, default_verify_workers());
         assert!(c.verify_workers >= 1);
+    }
+
+    #[test]
+    fn self_service_limits_and_four_eyes() {
+        let c = parse("max_open_requests_per_user = 2\nfour_eyes = true\n").map_err(|e| e.to_string());
+        assert!(matches!(c, Ok(ref c) if c.max_open_requests_per_user == 2 && c.four_eyes), "{c:?}");
+        let m = message("max_requests_per_user_per_day = -1\n");
+        assert!(m.contains("max_requests_per_user_per_day"), "{m}");
+        let m = message("max_open_requests_per_user = 0\n");
+        assert!(m.contains("max_open_requests_per_user"), "{m}");
+        let m = message("four_eyes = \"yes\"\n");
+        assert!(m.contains("four_eyes"), "{m}");
     }
 
     #[test]

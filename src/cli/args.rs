@@ -16,6 +16,11 @@ A case from request form to close (staff):
   workcopy case confirm NGC-2026-0042 --sha256sums received.sha256
   workcopy case close NGC-2026-0042
 
+A requester's own request (self-service, where the department allows it):
+  workcopy catalog search 'HG00096*'                      # your user group's files
+  workcopy request open HG00096_R1.fastq.gz HG00096_R2.fastq.gz
+  workcopy request show SS-20261203-7K2Q9                 # follow it
+
 Exit status: 0 on success, 1 when the daemon refused or a check failed,
 2 on a usage error, 3 when the daemon cannot be reached, 78 when `serve`
 or `config check` finds the config or the directory wrong.";
@@ -69,12 +74,15 @@ pub enum Command {
     Serve,
     /// Uptime, mount, mode, read path, catalog, cases per state, staging use (staff)
     Status(JsonFlag),
-    /// The GDB catalog (staff)
+    /// The GDB catalog (staff; `catalog search` also requesters)
     #[command(subcommand)]
     Catalog(CatalogCmd),
     /// Register, approve, confirm and close cases
     #[command(subcommand)]
     Case(CaseCmd),
+    /// Your own requests for your user group's files (requesters; self-service)
+    #[command(subcommand)]
+    Request(RequestCmd),
     /// Check the case logs' hash chains
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -143,6 +151,63 @@ pub enum CatalogCmd {
     /// Look up the files a descriptor (file_id, path or base name) matches
     Show {
         descriptor: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find files by name, sample or date; a requester finds their own user group's files only
+    #[command(
+        after_help = "PATTERN is a glob: `*` any run of characters, `?` one character, `\\` makes the\nnext one literal; case matters. A pattern with a `/` is matched against the\nfile's path in the GDB, any other against its base name. Quote it for the shell.\nResults are sorted by name (with --since: by submission time); at most 200 are\nshown, and a line on standard error says when more matched.\n\nExamples:\n  workcopy catalog search 'HG00096*'\n  workcopy catalog search --sample HG00096\n  workcopy catalog search '*.spring' --since 2026-01-01\n  workcopy catalog search 'runs/2026/R0042/*' --json"
+    )]
+    Search {
+        /// A glob on the base name (or, with a `/`, on the path)
+        pattern: Option<String>,
+        /// Only files of this sample (the catalog's sample_id column)
+        #[arg(long, value_name = "ID")]
+        sample: Option<String>,
+        /// Only files submitted on or after this date (2026-01-31) or time (RFC 3339)
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCmd {
+    /// Request files of your user group: verified as staff's `case open` verifies a form
+    #[command(
+        after_help = "You log in with your own account; workcopy knows you from the directory, and\nyour department's self_service policy decides what happens: with \"auto\" a\nrequest whose every file verified is approved at once and staged for your\ndepartment's transfer job to pull; with \"review\" it waits for workcopy staff.\nEach DESCRIPTOR is a file_id, a path in the GDB or a base name of one of your\nuser group's files (`workcopy catalog search` finds them), and must match\nexactly one. Without --ref a reference is generated (SS-<date>-<code>) and\nprinted. Exits non-zero when any file fails; such a request can never be\napproved: cancel it and request again.\n\nExamples:\n  workcopy request open HG00096_R1.fastq.gz HG00096_R2.fastq.gz\n  workcopy catalog search --sample HG00096 --json | jq -r '.files[].file_id' | workcopy request open --files-from -\n  workcopy request open --ref NGC-2026-0042 --files-from wanted.txt"
+    )]
+    Open {
+        /// The requested files
+        descriptors: Vec<String>,
+        /// Your support ticket's reference, if you have one (else one is generated)
+        #[arg(long = "ref", value_name = "REF")]
+        case_ref: Option<String>,
+        /// Read more descriptors from a file, one per line ('-' for stdin; '#' starts a comment)
+        #[arg(long, value_name = "PATH|-")]
+        files_from: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your requests and their states
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One of your requests: state, files, verification report
+    #[command(
+        after_help = "`exported` means your department's transfer job can pull the files now;\n`received` that it confirmed them.\n\nExample:\n  workcopy request show SS-20261203-7K2Q9"
+    )]
+    Show {
+        case_ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw one of your requests (until it is exported)
+    #[command(after_help = "Example:\n  workcopy request cancel SS-20261203-7K2Q9")]
+    Cancel {
+        case_ref: String,
         #[arg(long)]
         json: bool,
     },
@@ -226,7 +291,7 @@ pub enum CaseCmd {
     },
     /// List cases (a transfer account sees its own department's)
     List {
-        /// Only cases in this state (open, approved, blocked, exported, received, closed, rejected, expired)
+        /// Only cases in this state (open, approved, blocked, exported, received, closed, rejected, expired, cancelled)
         #[arg(long, value_parser = parse_state)]
         state: Option<CaseState>,
         #[arg(long)]

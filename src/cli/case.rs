@@ -22,15 +22,7 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
             descriptors,
             json,
         } => {
-            let mut all = descriptors.clone();
-            if let Some(p) = files_from {
-                for line in read_input(p)?.lines() {
-                    let l = line.trim();
-                    if !l.is_empty() && !l.starts_with('#') {
-                        all.push(l.to_string());
-                    }
-                }
-            }
+            let all = descriptors_with(descriptors, files_from.as_deref())?;
             let form = RequestForm {
                 requester: requester.clone(),
                 department: department.clone(),
@@ -170,6 +162,21 @@ pub(super) fn run(cli: &Cli, cmd: &CaseCmd) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The descriptors given as arguments, then those of `--files-from` (one a
+/// line; empty lines and `#` comments skipped).
+pub(super) fn descriptors_with(args: &[String], files_from: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let mut all = args.to_vec();
+    if let Some(p) = files_from {
+        for line in read_input(p)?.lines() {
+            let l = line.trim();
+            if !l.is_empty() && !l.starts_with('#') {
+                all.push(l.to_string());
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// A file's text, or standard input's for `-`.

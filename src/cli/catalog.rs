@@ -1,4 +1,4 @@
-//! `workcopy catalog import` and `workcopy catalog show`.
+//! `workcopy catalog import`, `workcopy catalog show` and `workcopy catalog search`.
 
 use super::render::{self, print};
 use super::{Cli, Daemon, Failure, call, reply};
@@ -28,5 +28,18 @@ pub(super) fn show(cli: &Cli, descriptor: &str, json: bool) -> Result<(), Failur
         print(|o| render::json(o, &files))
     } else {
         print(|o| render::catalog_files(o, &files, descriptor))
+    }
+}
+
+pub(super) fn search(cli: &Cli, pattern: Option<String>, sample: Option<String>, since: Option<String>, json: bool) -> Result<(), Failure> {
+    let (files, more) = call(cli, &Request::CatalogSearch { pattern, sample, since }, reply::found)?;
+    if json {
+        print(|o| render::search_json(o, &files, more))
+    } else {
+        print(|o| render::search_hits(o, &files))?;
+        if more {
+            render::more_matched(files.len());
+        }
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod events;
 mod hosts;
 mod metrics;
 mod render;
+mod request;
 mod status;
 
 pub use args::Cli;
@@ -215,6 +216,14 @@ mod reply {
         }
     }
 
+    /// `catalog search`: the files, and whether more matched.
+    pub(super) fn found(r: Reply) -> Option<(Vec<crate::domain::search::SearchHit>, bool)> {
+        match r {
+            Reply::Found { files, more } => Some((files, more)),
+            _ => None,
+        }
+    }
+
     pub(super) fn hosts(r: Reply) -> Option<Vec<crate::control::proto::HostView>> {
         match r {
             Reply::Hosts { hosts } => Some(hosts),
@@ -264,7 +273,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(j) => status::run(&cli, j),
         Command::Catalog(CatalogCmd::Import { file }) => catalog::import(&cli, file),
         Command::Catalog(CatalogCmd::Show { descriptor, json }) => catalog::show(&cli, descriptor, *json),
+        Command::Catalog(CatalogCmd::Search {
+            pattern,
+            sample,
+            since,
+            json,
+        }) => catalog::search(&cli, pattern.clone(), sample.clone(), since.clone(), *json),
         Command::Case(cmd) => case::run(&cli, cmd),
+        Command::Request(cmd) => request::run(&cli, cmd),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { dir } => docs::man(dir),
         Command::Audit(AuditCmd::Verify { file: Some(path), json }) => audit::verify_file(path, *json),

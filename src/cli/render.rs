@@ -9,6 +9,7 @@ use crate::control::proto::{AuditReport, CaseView, StatusReply};
 use crate::db::FeedRecord;
 use crate::domain::case::CaseRecord;
 use crate::domain::catalog::{CatalogFile, ImportSummary};
+use crate::domain::search::SearchHit;
 use crate::export::ReadPath;
 use std::io::{self, Write};
 use std::path::Path;
@@ -194,6 +195,14 @@ pub(super) fn catalog_files(o: &mut impl Write, files: &[CatalogFile], descripto
     Ok(())
 }
 
+/// How a case came in: `staff`, or `self-service review|auto`.
+fn via(c: &CaseRecord) -> String {
+    match c.self_service {
+        None => "staff".into(),
+        Some(p) => format!("self-service {p}"),
+    }
+}
+
 pub(super) fn cases(o: &mut impl Write, cases: &[CaseRecord]) -> io::Result<()> {
     let rows: Vec<Vec<String>> = cases
         .iter()
@@ -204,10 +213,114 @@ pub(super) fn cases(o: &mut impl Write, cases: &[CaseRecord]) -> io::Result<()> 
                 c.department.clone().unwrap_or_else(|| "-".into()),
                 c.requester.clone(),
                 c.created_at.clone(),
+                via(c),
             ]
         })
         .collect();
-    table(o, &["REF", "STATE", "DEPARTMENT", "REQUESTER", "OPENED"], &rows)
+    table(o, &["REF", "STATE", "DEPARTMENT", "REQUESTER", "OPENED", "VIA"], &rows)
+}
+
+/// `request list`: the requester's own requests.
+pub(super) fn requests(o: &mut impl Write, cases: &[CaseRecord]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = cases
+        .iter()
+        .map(|c| {
+            vec![
+                c.case_ref.clone(),
+                c.state.to_string(),
+                c.report.lines.len().to_string(),
+                if c.verified { "yes" } else { "no" }.to_string(),
+                c.created_at.clone(),
+            ]
+        })
+        .collect();
+    table(o, &["REF", "STATE", "FILES", "VERIFIED", "OPENED"], &rows)
+}
+
+/// A request as `request open|show|cancel --json` print it: the case view with its reference first as `ref`.
+pub(super) fn request_json(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        #[serde(rename = "ref")]
+        case_ref: &'a str,
+        #[serde(flatten)]
+        view: &'a CaseView,
+    }
+    json(
+        o,
+        &Request {
+            case_ref: &v.case.case_ref,
+            view: v,
+        },
+    )
+}
+
+/// `request open`'s report: the reference, one line per file, and what happens next.
+pub(super) fn request_report(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
+    let c = &v.case;
+    writeln!(
+        o,
+        "request {} ({}), requester {}, department {}, self-service {}",
+        c.case_ref,
+        c.state,
+        c.requester,
+        c.department.as_deref().unwrap_or("-"),
+        c.self_service.map(|p| p.as_str()).unwrap_or("-")
+    )?;
+    report_lines(o, c)?;
+    let next = match c.state {
+        _ if !c.verified => "NOT verified: correct the refused lines and request again".to_string(),
+        crate::domain::case::CaseState::Open => format!(
+            "verified: waiting for workcopy staff to approve it; follow it with `workcopy request show {}`",
+            c.case_ref
+        ),
+        s => format!(
+            "verified and approved under your department's self-service policy ({s}): your department's transfer job can pull it once it is exported; follow it with `workcopy request show {}`",
+            c.case_ref
+        ),
+    };
+    writeln!(o, "{next}")
+}
+
+pub(super) fn cancelled(o: &mut impl Write, case_ref: &str) -> io::Result<()> {
+    writeln!(o, "request {case_ref} cancelled; its log is sealed")
+}
+
+/// `catalog search`: one line per file.
+pub(super) fn search_hits(o: &mut impl Write, files: &[SearchHit]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            vec![
+                f.file_id.clone(),
+                f.sample_id.clone().unwrap_or_else(|| "-".into()),
+                f.department.clone(),
+                f.size.to_string(),
+                f.submitted_at.clone(),
+                f.path.clone(),
+            ]
+        })
+        .collect();
+    table(o, &["FILE_ID", "SAMPLE", "DEPARTMENT", "SIZE", "SUBMITTED", "PATH"], &rows)
+}
+
+/// `catalog search --json`: `{"files": […], "more": bool}`.
+pub(super) fn search_json(o: &mut impl Write, files: &[SearchHit], more: bool) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Found<'a> {
+        files: &'a [SearchHit],
+        /// More files matched than `files` holds.
+        more: bool,
+    }
+    json(o, &Found { files, more })
+}
+
+/// After a search that matched more files than it shows: on standard error.
+pub(super) fn more_matched(shown: usize) {
+    let _ = writeln!(
+        io::stderr(),
+        "more files match; the first {shown} are shown: narrow the search (a longer pattern, --sample, --since)"
+    );
 }
 
 pub(super) fn log(o: &mut impl Write, records: &[EventRecord]) -> io::Result<()> {
@@ -311,6 +424,9 @@ pub(super) fn case(o: &mut impl Write, v: &CaseView) -> io::Result<()> {
     writeln!(o, "case        {}", c.case_ref)?;
     writeln!(o, "state       {}", c.state)?;
     writeln!(o, "requester   {}", c.requester)?;
+    if let Some(p) = c.self_service {
+        writeln!(o, "via         self-service ({p}), the requester's own request")?;
+    }
     writeln!(o, "department  {}", c.department.as_deref().unwrap_or("-"))?;
     if let Some(s) = &c.submitter {
         writeln!(o, "submitter   {s}")?;

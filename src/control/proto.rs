@@ -13,6 +13,7 @@ use crate::domain::case::CaseRecord;
 use crate::domain::case::CaseState;
 use crate::domain::catalog::CatalogFile;
 use crate::domain::catalog::ImportSummary;
+use crate::domain::search::SearchHit;
 use crate::domain::verify::{CaseFile, RequestForm};
 use crate::export::ReadPath;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,31 @@ pub enum Request {
     AuditVerify,
     /// Read the directory file again (what `systemctl reload` asks for).
     Reload,
+    /// A requester registers a request for their own group's files (a REF
+    /// is generated when none is given).
+    RequestOpen {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        case_ref: Option<String>,
+        descriptors: Vec<String>,
+    },
+    /// A requester's own requests.
+    RequestList,
+    RequestShow {
+        case_ref: String,
+    },
+    RequestCancel {
+        case_ref: String,
+    },
+    /// Catalog files by a glob on base name or path, a sample, a date.
+    CatalogSearch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample: Option<String>,
+        /// A date (`2026-01-31`) or an RFC 3339 time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+    },
     /// The daemon's counters and the register's gauges, for `workcopy metrics`.
     Metrics,
     /// The feed: every case-log record with a feed number above `since`, in
@@ -118,6 +144,11 @@ impl Request {
             Request::CaseLog { .. } => "case log",
             Request::AuditVerify => "audit verify",
             Request::Reload => "reload",
+            Request::RequestOpen { .. } => "request open",
+            Request::RequestList => "request list",
+            Request::RequestShow { .. } => "request show",
+            Request::RequestCancel { .. } => "request cancel",
+            Request::CatalogSearch { .. } => "catalog search",
             Request::Events { .. } => "events",
             Request::Metrics => "metrics",
             Request::CaseMove { .. } => "case move",
@@ -136,8 +167,13 @@ impl Request {
             | Request::CaseConfirm { case_ref, .. }
             | Request::CaseClose { case_ref, .. }
             | Request::CaseShow { case_ref }
-            | Request::CaseLog { case_ref, .. } => Some(case_ref),
+            | Request::CaseLog { case_ref, .. }
+            | Request::RequestShow { case_ref }
+            | Request::RequestCancel { case_ref } => Some(case_ref),
+            Request::RequestOpen { case_ref, .. } => case_ref.as_deref(),
             Request::Status
+            | Request::RequestList
+            | Request::CatalogSearch { .. }
             | Request::CatalogImport
             | Request::CatalogShow { .. }
             | Request::CaseList { .. }
@@ -174,16 +210,20 @@ pub enum RefusalKind {
     Failed,
     /// Something went wrong inside the daemon.
     Internal,
+    /// A limit of the config was reached (`max_open_requests_per_user`,
+    /// `max_requests_per_user_per_day`, `max_files_per_case`).
+    Limit,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 6] = [
+    pub const ALL: [RefusalKind; 7] = [
         RefusalKind::Denied,
         RefusalKind::NotFound,
         RefusalKind::Invalid,
         RefusalKind::State,
         RefusalKind::Failed,
         RefusalKind::Internal,
+        RefusalKind::Limit,
     ];
 
     /// The name scripts and metrics know it by (as in JSON).
@@ -195,6 +235,7 @@ impl RefusalKind {
             RefusalKind::State => "state",
             RefusalKind::Failed => "failed",
             RefusalKind::Internal => "internal",
+            RefusalKind::Limit => "limit",
         }
     }
 }
@@ -373,6 +414,12 @@ pub enum Reply {
     Reloaded {
         departments: usize,
     },
+    /// `catalog search`: at most [`MAX_RESULTS`](crate::domain::search::MAX_RESULTS) files.
+    Found {
+        files: Vec<SearchHit>,
+        /// More files matched than the reply holds.
+        more: bool,
+    },
     /// One frame of the feed; `more` when further frames follow on the connection.
     Events {
         records: Vec<FeedRecord>,
@@ -417,6 +464,16 @@ mod tests {
                 state: Some(CaseState::Exported),
             },
             Request::Reload,
+            Request::RequestOpen {
+                case_ref: None,
+                descriptors: vec!["f".into()],
+            },
+            Request::RequestCancel { case_ref: "R1".into() },
+            Request::CatalogSearch {
+                pattern: Some("*.fastq".into()),
+                sample: None,
+                since: Some("2026-01-31".into()),
+            },
             Request::Events { since: 42, follow: true },
         ];
         for r in reqs {

@@ -15,6 +15,8 @@ use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{AccessKind, Coalescing, FileAccess, accesses_in};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::directory::SelfService;
+use crate::domain::search::{CatalogQuery, Glob, SearchKey};
 use crate::domain::verify::{CaseFile, Outcome, Report, ReportLine};
 use crate::names::{CatalogPath, DirId, FileId};
 use anyhow::{Context, bail, ensure};
@@ -46,6 +48,12 @@ macro_rules! conformance_tests {
             count_by_state_covers_every_state,
             concurrent_appends_to_one_case_form_one_chain,
             concurrent_transitions_from_one_state_have_one_winner,
+            create_request_counts_the_requesters_live_requests,
+            concurrent_requests_never_pass_the_limit_together,
+            list_requests_lists_a_requesters_own_requests,
+            resolve_among_looks_in_the_named_departments_only,
+            import_keeps_the_sample_id_column,
+            search_catalog_matches_its_definition_page_by_page,
             the_serving_host_is_set_at_approval_and_by_a_move,
             serving_reports_replace_the_last,
             heartbeats_register_hosts_and_retirement_sticks,
@@ -92,6 +100,7 @@ pub(crate) fn rows(files: &[CatalogFile]) -> Vec<CatalogRow> {
         .map(|(i, f)| CatalogRow {
             line: i + 2,
             file: f.clone(),
+            sample_id: None,
         })
         .collect()
 }
@@ -129,6 +138,8 @@ fn new_case(case_ref: &str, department: &str, files: &[CatalogFile]) -> anyhow::
             lines,
         },
         files,
+        opened_uid: 1000,
+        self_service: None,
     })
 }
 
@@ -747,12 +758,14 @@ pub async fn count_by_state_covers_every_state(store: Arc<dyn Store>) -> anyhow:
     store
         .transition("C-2", CaseState::Open, CaseState::Rejected, event("rejected", 1))
         .await?;
+    store
+        .transition("C-3", CaseState::Open, CaseState::Cancelled, event("cancelled", 1))
+        .await?;
     let want: Vec<(CaseState, u64)> = CaseState::ALL
         .iter()
         .map(|s| {
             let n = match s {
-                CaseState::Open => 2,
-                CaseState::Approved | CaseState::Rejected => 1,
+                CaseState::Open | CaseState::Approved | CaseState::Rejected | CaseState::Cancelled => 1,
                 _ => 0,
             };
             (*s, n)
@@ -842,6 +855,303 @@ pub async fn concurrent_transitions_from_one_state_have_one_winner(store: Arc<dy
         let case = store.case(&case_ref).await?.context("case is gone")?;
         ensure!(case.state == winner && case.event_count == 2, "round {round}: {case:?}");
         verified_log(&store, &case_ref).await?;
+    }
+    Ok(())
+}
+
+/// At most `open` live requests per person, and plenty a day.
+fn at_most(open: u64) -> super::RequestLimits {
+    super::RequestLimits { open, per_day: 1000 }
+}
+
+/// A self-service request of `requester`'s, holding no files.
+fn request(case_ref: &str, requester: &str, uid: u32) -> anyhow::Result<NewCase> {
+    let mut case = new_case(case_ref, DEPT, &[])?;
+    case.requester = requester.to_string();
+    case.opened_uid = uid;
+    case.self_service = Some(SelfService::Review);
+    Ok(case)
+}
+
+pub async fn create_request_counts_the_requesters_live_requests(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    store
+        .create_request(request("R-1", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
+    store
+        .create_request(request("R-2", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
+    let stored = store.case("R-1").await?.context("R-1 was not stored")?;
+    ensure!(
+        stored.self_service == Some(SelfService::Review) && stored.opened_uid == Some(5001),
+        "a request is stored as one: {stored:?}"
+    );
+    // The third is refused, and nothing of it is written.
+    let third = store
+        .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await;
+    ensure!(
+        matches!(&third, Err(StoreError::TooManyRequests { requester, open: 2 }) if requester == "alice"),
+        "over the limit: {third:?}"
+    );
+    ensure!(store.case("R-3").await?.is_none(), "a refused request was stored");
+    // A case staff registered for alice does not count; another person's requests neither.
+    let mut staffs = request("C-1", "alice", 0)?;
+    staffs.self_service = None;
+    store.create_case(staffs, event("opened", 0)).await?;
+    ensure!(store.case("C-1").await?.and_then(|c| c.self_service).is_none(), "staff's case");
+    store
+        .create_request(request("R-9", "bob", 5002)?, event("opened", 0), at_most(2))
+        .await?;
+    ensure!(
+        matches!(
+            store
+                .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+                .await,
+            Err(StoreError::TooManyRequests { .. })
+        ),
+        "still two"
+    );
+    // Ended requests do not count: cancelled, rejected, closed, expired.
+    store
+        .transition("R-1", CaseState::Open, CaseState::Cancelled, event("cancelled", 1))
+        .await?;
+    store
+        .create_request(request("R-3", "alice", 5001)?, event("opened", 0), at_most(2))
+        .await?;
+    // A taken reference is still refused as such.
+    let taken = store
+        .create_request(request("R-9", "carol", 5003)?, event("opened", 0), at_most(2))
+        .await;
+    ensure!(matches!(&taken, Err(StoreError::Exists(r)) if r == "R-9"), "taken: {taken:?}");
+    // Requests of the last 24 hours count for the daily limit, whatever became of them.
+    let daily = super::RequestLimits { open: 10, per_day: 3 };
+    let today = store
+        .create_request(request("R-4", "alice", 5001)?, event("opened", 0), daily)
+        .await;
+    ensure!(
+        matches!(&today, Err(StoreError::RequestsToday { requester, made: 3 }) if requester == "alice"),
+        "alice made R-1, R-2 and R-3 today: {today:?}"
+    );
+    ensure!(store.case("R-4").await?.is_none(), "a refused request was stored");
+    store
+        .create_request(request("R-5", "bob", 5002)?, event("opened", 0), daily)
+        .await?;
+    Ok(())
+}
+
+/// Many requests of one person at once: never more than the limit registered.
+pub async fn concurrent_requests_never_pass_the_limit_together(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_request(request(&format!("R-{i}"), "alice", 5001)?, event("opened", 0), at_most(3))
+                .await
+                .map_err(anyhow::Error::from)
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(_) => won += 1,
+            Err(e) => ensure!(
+                matches!(e.downcast_ref::<StoreError>(), Some(StoreError::TooManyRequests { .. })),
+                "{e}"
+            ),
+        }
+    }
+    ensure!(won == 3, "{won} requests registered, the limit is 3");
+    ensure!(store.list_requests("alice", 100).await?.len() == 3, "stored");
+    Ok(())
+}
+
+pub async fn list_requests_lists_a_requesters_own_requests(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    store
+        .create_request(request("R-B", "alice", 5001)?, event("opened", 0), at_most(5))
+        .await?;
+    store
+        .create_request(request("R-X", "bob", 5002)?, event("opened", 0), at_most(5))
+        .await?;
+    let mut staffs = request("C-1", "alice", 0)?;
+    staffs.self_service = None;
+    store.create_case(staffs, event("opened", 0)).await?;
+    // Registration times are compared as text: a second apart, they order as they were made.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    store
+        .create_request(request("R-A", "alice", 5001)?, event("opened", 0), at_most(5))
+        .await?;
+    store
+        .transition("R-B", CaseState::Open, CaseState::Cancelled, event("cancelled", 1))
+        .await?;
+    ensure!(
+        refs(&store.list_requests("alice", 100).await?) == ["R-B", "R-A"],
+        "oldest first, ended ones too"
+    );
+    ensure!(refs(&store.list_requests("bob", 100).await?) == ["R-X"], "bob's");
+    ensure!(store.list_requests("carol", 100).await?.is_empty(), "none");
+    ensure!(refs(&store.list_requests("alice", 1).await?) == ["R-A"], "the most recent");
+    ensure!(
+        store.list_requests("alice", 100).await?[1] == store.case("R-A").await?.context("R-A")?,
+        "a listed request is the stored case"
+    );
+    Ok(())
+}
+
+fn file_of(id: &str, path: &str, department: &str, submitted_s: i64) -> anyhow::Result<CatalogFile> {
+    let mut f = file(id, path, 1)?;
+    f.department = DirId::parse(department)?;
+    f.submitted_ns = submitted_s * 1_000_000_000;
+    Ok(f)
+}
+
+pub async fn resolve_among_looks_in_the_named_departments_only(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let files = [
+        file_of("F1", "a/x.fq", DEPT, 0)?,
+        file_of("F2", "b/x.fq", OTHER_DEPT, 0)?,
+        file_of("F3", "c/x.fq", "AUH-KGA", 0)?,
+    ];
+    store.import_catalog(rows(&files)).await?;
+    let among = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    ensure!(
+        ids(&store.resolve_among("x.fq", &among(&[DEPT, OTHER_DEPT]), 10).await?) == ["F1", "F2"],
+        "base name"
+    );
+    ensure!(
+        ids(&store.resolve_among("x.fq", &among(&["AUH-KGA"]), 10).await?) == ["F3"],
+        "the other department"
+    );
+    ensure!(
+        store.resolve_among("F3", &among(&[DEPT]), 10).await?.is_empty(),
+        "file_id of another department"
+    );
+    ensure!(
+        ids(&store.resolve_among("b/x.fq", &among(&[OTHER_DEPT]), 10).await?) == ["F2"],
+        "path"
+    );
+    ensure!(store.resolve_among("x.fq", &[], 10).await?.is_empty(), "no departments");
+    ensure!(
+        ids(&store.resolve_among("x.fq", &among(&[DEPT, OTHER_DEPT, "AUH-KGA"]), 2).await?) == ["F1", "F2"],
+        "limit"
+    );
+    Ok(())
+}
+
+pub async fn import_keeps_the_sample_id_column(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let f = file("F1", "a/x.fq", 1)?;
+    let mut row = rows(std::slice::from_ref(&f));
+    row[0].sample_id = Some("S-1".into());
+    store.import_catalog(row.clone()).await?;
+    let by_sample = |s: &str| CatalogQuery {
+        sample_id: Some(s.to_string()),
+        ..CatalogQuery::default()
+    };
+    let found = store.search_catalog(&by_sample("S-1"), None, 10).await?;
+    ensure!(
+        found.len() == 1 && found[0].file == f && found[0].sample_id.as_deref() == Some("S-1"),
+        "{found:?}"
+    );
+    // A new sample_id comes with the next import (its extra columns change with it).
+    row[0].sample_id = Some("S-2".into());
+    row[0].file.extra = r#"{"sample_id":"S-2"}"#.into();
+    store.import_catalog(row).await?;
+    ensure!(
+        store.search_catalog(&by_sample("S-1"), None, 10).await?.is_empty(),
+        "the old sample"
+    );
+    ensure!(
+        store.search_catalog(&by_sample("S-2"), None, 10).await?.len() == 1,
+        "the new sample"
+    );
+    Ok(())
+}
+
+/// Every kind of search on a small catalog, read a page of 3 at a time,
+/// against the definition: each condition holds, in order, nothing left out.
+pub async fn search_catalog_matches_its_definition_page_by_page(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let depts = [DEPT, OTHER_DEPT, "AUH-KGA"];
+    let names = ["a.fq", "A.fq", "ab.fq", "b_a.fq", "ba%.fq", "x.spring", "a.fq"];
+    let mut files = Vec::new();
+    let mut samples = Vec::new();
+    for i in 0..30usize {
+        let name = names[i % names.len()];
+        // The first seven in directories of their own (two share a base name), the rest renamed.
+        let path = if i < names.len() {
+            format!("run{i}/{name}")
+        } else {
+            format!("run{}/{i}-{name}", i % 3)
+        };
+        files.push(file_of(&format!("F{i:02}"), &path, depts[i * 7 % 3], 100 + (i as i64 * 37) % 50)?);
+        samples.push((i % 4 != 3).then(|| format!("S{}", i % 5)));
+    }
+    let mut all = rows(&files);
+    for (r, s) in all.iter_mut().zip(&samples) {
+        r.sample_id = s.clone();
+    }
+    store.import_catalog(all).await?;
+    let globs = [
+        None,
+        Some("a*"),
+        Some("*a.fq"),
+        Some("?a*"),
+        Some("b\\_*"),
+        Some("ba%*"),
+        Some("run1/*"),
+        Some("*/1*"),
+    ];
+    let department_sets: [Option<Vec<String>>; 4] = [
+        None,
+        Some(vec![DEPT.into()]),
+        Some(vec![DEPT.into(), "AUH-KGA".into()]),
+        Some(vec![]),
+    ];
+    for departments in &department_sets {
+        for pattern in globs {
+            for sample in [None, Some("S1")] {
+                for since in [None, Some(120i64 * 1_000_000_000)] {
+                    let glob = pattern.map(Glob::parse).transpose().map_err(anyhow::Error::msg)?;
+                    let q = CatalogQuery {
+                        departments: departments.clone(),
+                        name: glob.as_ref().map(Glob::filter),
+                        sample_id: sample.map(String::from),
+                        since_ns: since,
+                    };
+                    let order = q.order();
+                    let mut want: Vec<(SearchKey, String)> = files
+                        .iter()
+                        .zip(&samples)
+                        .filter(|(f, s)| {
+                            departments.as_ref().is_none_or(|d| d.iter().any(|d| d == f.department.as_str()))
+                                && glob.as_ref().is_none_or(|g| g.matches(g.subject(f)))
+                                && sample.is_none_or(|x| s.as_deref() == Some(x))
+                                && since.is_none_or(|t| f.submitted_ns >= t)
+                        })
+                        .map(|(f, _)| (SearchKey::of(order, f), f.file_id.to_string()))
+                        .collect();
+                    want.sort();
+                    let want: Vec<String> = want.into_iter().map(|(_, id)| id).collect();
+                    let mut got = Vec::new();
+                    let mut after = None;
+                    loop {
+                        let page = store.search_catalog(&q, after.as_ref(), 3).await?;
+                        ensure!(page.len() <= 3, "a page of {} for a limit of 3", page.len());
+                        for f in &page {
+                            let i = files.iter().position(|x| x.file_id == f.file.file_id).context("an unknown file")?;
+                            ensure!(f.file == files[i] && f.sample_id == samples[i], "{} as stored", f.file.file_id);
+                        }
+                        got.extend(page.iter().map(|f| f.file.file_id.to_string()));
+                        after = page.last().map(|f| SearchKey::of(order, &f.file));
+                        if page.len() < 3 {
+                            break;
+                        }
+                    }
+                    ensure!(
+                        got == want,
+                        "departments {departments:?}, pattern {pattern:?}, sample {sample:?}, since {since:?}: got {got:?}, want {want:?}"
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

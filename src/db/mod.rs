@@ -7,6 +7,7 @@ use crate::domain::access::{Coalescing, FileAccess};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow};
 use crate::domain::hosts::{HostBeat, HostRecord, Serving};
+use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
@@ -14,6 +15,7 @@ pub mod conformance;
 #[cfg(test)]
 pub mod pg_test_server;
 pub mod postgres;
+mod search;
 pub mod sqlite;
 
 pub use crate::domain::case::{CaseRecord, NewCase};
@@ -24,6 +26,12 @@ pub use crate::domain::catalog::ImportSummary;
 pub enum StoreError {
     #[error("case {0} already exists")]
     Exists(String),
+    /// [`Store::create_request`]: the requester has `open` live self-service cases, the most allowed.
+    #[error("{requester} has {open} open requests, the most allowed")]
+    TooManyRequests { requester: String, open: u64 },
+    /// [`Store::create_request`]: the requester made `made` requests in the last 24 hours, the most allowed.
+    #[error("{requester} made {made} requests in the last 24 hours, the most allowed")]
+    RequestsToday { requester: String, made: u64 },
     #[error("no case {0}")]
     NoCase(String),
     #[error("case {case_ref} is {actual}, no longer {expected}; try again")]
@@ -95,6 +103,19 @@ pub trait Store: Send + Sync + 'static {
     /// Catalog files whose `file_id`, `path` or base name equals `descriptor`,
     /// at most `limit`, ordered by `file_id`.
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    /// As [`resolve`](Store::resolve), among the files submitted by one of
+    /// `departments` only (none for an empty list).
+    async fn resolve_among(&self, descriptor: &str, departments: &[String], limit: u32) -> Result<Vec<CatalogFile>, StoreError>;
+    /// Catalog files for a search, with their `sample_id`: every file for
+    /// which each condition of `query` holds (the name filter's `LIKE` as
+    /// the backend evaluates it; case-sensitive in both built-in backends'
+    /// configuration), in [`query.order()`](CatalogQuery::order), where
+    /// strings compare byte by byte; only those whose
+    /// [`SearchKey`] in that order is above `after`; at most `limit`.
+    /// Served by indexes in that order: its cost follows the files it
+    /// returns, except that a `LIKE` starting with a wildcard may read the
+    /// whole name index (never the table).
+    async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError>;
     /// The number of files in the catalog.
     async fn catalog_size(&self) -> Result<u64, StoreError>;
     /// When an import last added or changed a catalog file (RFC 3339), or
@@ -105,6 +126,19 @@ pub trait Store: Send + Sync + 'static {
     /// record (seq 1), atomically; [`StoreError::Exists`] when the reference
     /// is taken.
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError>;
+    /// Registers a self-service request as [`create_case`](Store::create_case)
+    /// does, unless its requester already has `limits.open` or more
+    /// self-service cases that are not closed, rejected, cancelled or expired
+    /// ([`StoreError::TooManyRequests`]), or registered `limits.per_day` or
+    /// more self-service cases in the last 24 hours, whatever became of them
+    /// ([`StoreError::RequestsToday`]); then nothing is written. The counts
+    /// and the insert are one transaction, serialised with the requester's
+    /// other registrations (so concurrent requests of one person never pass
+    /// a limit together).
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError>;
+    /// The `limit` most recent of a requester's self-service cases (those
+    /// registered with `self_service` set), oldest first.
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError>;
     /// The case as last committed, or `None`.
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError>;
     /// The case's files in registration order (empty for an unknown case).
@@ -245,6 +279,45 @@ pub struct StateSummary {
     pub cases: u64,
     /// `state_since` (unix seconds) of the case longest in this state.
     pub oldest_since: Option<i64>,
+}
+
+/// The limits [`Store::create_request`] keeps per requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Self-service cases not yet closed, rejected, cancelled or expired.
+    pub open: u64,
+    /// Self-service cases registered in the last 24 hours.
+    pub per_day: u64,
+}
+
+impl RequestLimits {
+    /// Refuses a new request of `requester`, who has `open` live requests
+    /// and made `today` in the last 24 hours, when that reaches a limit.
+    pub fn check(&self, requester: &str, open: i64, today: i64) -> Result<(), StoreError> {
+        let (open, today) = (open.max(0) as u64, today.max(0) as u64);
+        if open >= self.open {
+            return Err(StoreError::TooManyRequests {
+                requester: requester.to_string(),
+                open,
+            });
+        }
+        if today >= self.per_day {
+            return Err(StoreError::RequestsToday {
+                requester: requester.to_string(),
+                made: today,
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest `created_at` (RFC 3339, UTC) that counts for `per_day`.
+    pub fn day_ago() -> String {
+        let t = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        t.replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// How [`Store::record_access`] recorded an access.

@@ -6,12 +6,14 @@
 //! new cases, so the check that a live case's files do not change holds.
 
 use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record, unsealed_sql};
-use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, StateSummary, Store, StoreError};
+use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::directory::SelfService;
 use crate::domain::hosts::{HostBeat, HostRecord, Serving};
+use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -77,6 +79,8 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 fn is_refusal(e: &StoreError) -> bool {
     match e {
         StoreError::Exists(_)
+        | StoreError::TooManyRequests { .. }
+        | StoreError::RequestsToday { .. }
         | StoreError::NoCase(_)
         | StoreError::Conflict { .. }
         | StoreError::Busy(_)
@@ -464,8 +468,8 @@ impl PgStore {
         sqlx::query("LOCK TABLE catalog IN SHARE MODE").execute(&mut **tx).await?;
         let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let inserted = sqlx::query(
-            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
-             VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9) ON CONFLICT (ref) DO NOTHING",
+            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash, \
+             opened_uid, self_service) VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11) ON CONFLICT (ref) DO NOTHING",
         )
         .bind(&case.case_ref)
         .bind(&case.requester)
@@ -476,6 +480,8 @@ impl PgStore {
         .bind(audit::now_rfc3339())
         .bind(crate::unix::now_secs())
         .bind(GENESIS)
+        .bind(case.opened_uid as i64)
+        .bind(case.self_service.map(|p| p.as_str()))
         .execute(&mut **tx)
         .await?;
         if inserted.rows_affected() != 1 {
@@ -513,14 +519,16 @@ impl PgStore {
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS import_rows (line BIGINT NOT NULL, file_id TEXT COLLATE \"C\" NOT NULL, \
              path TEXT COLLATE \"C\" NOT NULL, base_name TEXT COLLATE \"C\" NOT NULL, department TEXT COLLATE \"C\" NOT NULL, \
-             size BIGINT NOT NULL, sha256 TEXT COLLATE \"C\" NOT NULL, submitted_ns BIGINT NOT NULL, extra TEXT COLLATE \"C\" NOT NULL) \
-             ON COMMIT DELETE ROWS",
+             size BIGINT NOT NULL, sha256 TEXT COLLATE \"C\" NOT NULL, submitted_ns BIGINT NOT NULL, extra TEXT COLLATE \"C\" NOT NULL, \
+             sample_id TEXT COLLATE \"C\") ON COMMIT DELETE ROWS",
         )
         .execute(&mut **tx)
         .await?;
         sqlx::query("TRUNCATE import_rows").execute(&mut **tx).await?;
         let mut copy = tx
-            .copy_in_raw("COPY import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra) FROM STDIN")
+            .copy_in_raw(
+                "COPY import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id) FROM STDIN",
+            )
             .await?;
         let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
         for r in rows {
@@ -572,7 +580,7 @@ impl PgStore {
         if updated > 0 {
             sqlx::query(
                 "UPDATE catalog k SET path = i.path, base_name = i.base_name, department = i.department, size = i.size, \
-                 sha256 = i.sha256, submitted_ns = i.submitted_ns, extra = i.extra, imported_at = $1 \
+                 sha256 = i.sha256, submitted_ns = i.submitted_ns, extra = i.extra, sample_id = i.sample_id, imported_at = $1 \
                  FROM import_rows i WHERE k.file_id = i.file_id AND (k.path <> i.path OR k.department <> i.department \
                  OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns OR k.extra <> i.extra)",
             )
@@ -586,15 +594,18 @@ impl PgStore {
         // the import commits, which the caller's lock mostly does anyway).
         let rebuild = added >= REBUILD_INDEXES_AT;
         if rebuild {
-            sqlx::query("DROP INDEX catalog_path, catalog_base_name").execute(&mut **tx).await?;
+            sqlx::query(&format!("DROP INDEX {}", SECONDARY_INDEXES.map(|(name, _)| name).join(", ")))
+                .execute(&mut **tx)
+                .await?;
             sqlx::query("ALTER TABLE catalog DROP CONSTRAINT catalog_pkey")
                 .execute(&mut **tx)
                 .await?;
         }
         if added > 0 {
             sqlx::query(
-                "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
-                 SELECT i.file_id, i.path, i.base_name, i.department, i.size, i.sha256, i.submitted_ns, i.extra, $1 FROM import_rows i \
+                "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, imported_at) \
+                 SELECT i.file_id, i.path, i.base_name, i.department, i.size, i.sha256, i.submitted_ns, i.extra, i.sample_id, $1 \
+                 FROM import_rows i \
                  WHERE NOT EXISTS (SELECT 1 FROM catalog k WHERE k.file_id = i.file_id)",
             )
             .bind(&now)
@@ -605,12 +616,11 @@ impl PgStore {
             sqlx::query("ALTER TABLE catalog ADD CONSTRAINT catalog_pkey PRIMARY KEY (file_id)")
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("CREATE INDEX catalog_path ON catalog (path)")
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query("CREATE INDEX catalog_base_name ON catalog (base_name)")
-                .execute(&mut **tx)
-                .await?;
+            for (name, columns) in SECONDARY_INDEXES {
+                sqlx::query(&format!("CREATE INDEX {name} ON catalog ({columns})"))
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
         let clashes = sqlx::query(
             "SELECT i.line, i.path, k.file_id FROM import_rows i JOIN catalog k ON k.path = i.path AND k.file_id <> i.file_id ORDER BY i.line",
@@ -643,6 +653,14 @@ impl PgStore {
 /// built again rather than updated.
 const REBUILD_INDEXES_AT: u64 = 100_000;
 
+/// The catalog's secondary indexes (name, columns), as the migrations made them.
+const SECONDARY_INDEXES: [(&str, &str); 4] = [
+    ("catalog_path", "path, department"),
+    ("catalog_base_name", "base_name, department"),
+    ("catalog_sample", "sample_id"),
+    ("catalog_submitted", "submitted_ns, department"),
+];
+
 /// Bytes of COPY data sent per message.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -659,6 +677,11 @@ fn copy_line(buf: &mut Vec<u8>, r: &CatalogRow) {
     copy_text(buf, &f.sha256);
     let _ = write!(buf, "\t{}\t", f.submitted_ns);
     copy_text(buf, &f.extra);
+    buf.push(b'\t');
+    match &r.sample_id {
+        Some(s) => copy_text(buf, s),
+        None => buf.extend_from_slice(b"\\N"),
+    }
     buf.push(b'\n');
 }
 
@@ -694,6 +717,12 @@ fn case_record(row: &PgRow) -> Result<CaseRecord, StoreError> {
     let state = CaseState::parse(&state).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown state {state:?}")))?;
     let report: String = row.try_get("report")?;
     let report = serde_json::from_str(&report).map_err(|e| StoreError::Corrupt(case_ref.clone(), format!("report: {e}")))?;
+    let self_service = match row.try_get::<Option<String>, _>("self_service")? {
+        None => None,
+        Some(p) => {
+            Some(SelfService::parse(&p).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown self_service {p:?}")))?)
+        }
+    };
     Ok(CaseRecord {
         state,
         requester: row.try_get("requester")?,
@@ -706,6 +735,8 @@ fn case_record(row: &PgRow) -> Result<CaseRecord, StoreError> {
         event_count: row.try_get::<i64, _>("event_count")? as u64,
         head_hash: row.try_get("head_hash")?,
         host: row.try_get("host")?,
+        opened_uid: row.try_get::<Option<i64>, _>("opened_uid")?.map(|u| u as u32),
+        self_service,
         case_ref,
     })
 }
@@ -796,6 +827,23 @@ impl Store for PgStore {
         rows.iter().map(catalog_file).collect()
     }
 
+    async fn resolve_among(&self, descriptor: &str, departments: &[String], limit: u32) -> Result<Vec<CatalogFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra FROM catalog \
+             WHERE (file_id = $1 OR path = $1 OR base_name = $1) AND department = ANY($3) ORDER BY file_id LIMIT $2",
+        )
+        .bind(descriptor)
+        .bind(limit as i64)
+        .bind(departments)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(catalog_file).collect()
+    }
+
+    async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError> {
+        super::search::search_catalog(self, query, after, limit).await
+    }
+
     async fn catalog_size(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
             .fetch_one(&self.pool)
@@ -813,6 +861,43 @@ impl Store for PgStore {
         let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = Self::try_create_case(&mut tx, case, event).await;
         finish(tx, &case_ref, result).await
+    }
+
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError> {
+        let case_ref = case.case_ref.clone();
+        let mut tx = Tx::begin(&self.pool, &self.committed).await?;
+        let result = async {
+            // One registration per requester at a time, on every host.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("workcopy request {}", case.requester))
+                .execute(&mut *tx)
+                .await?;
+            let (open, today): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT COALESCE(SUM(CASE WHEN state IN {LIVE} THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) \
+                 FROM cases WHERE requester = $1 AND self_service IS NOT NULL"
+            ))
+            .bind(&case.requester)
+            .bind(RequestLimits::day_ago())
+            .fetch_one(&mut *tx)
+            .await?;
+            limits.check(&case.requester, open, today)?;
+            Self::try_create_case(&mut tx, case, event).await
+        }
+        .await;
+        finish(tx, &case_ref, result).await
+    }
+
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL \
+             ORDER BY created_at DESC, ref DESC LIMIT $2) AS recent ORDER BY created_at, ref",
+        )
+        .bind(requester)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(case_record).collect()
     }
 
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
@@ -1163,6 +1248,28 @@ async fn listen_feed(pool: PgPool, committed: std::sync::Weak<watch::Sender<u64>
             }
         }
         tokio::time::sleep(delay).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl super::search::SearchOnce for PgStore {
+    async fn search_once(&self, sql: &str, args: Vec<super::search::Arg>) -> Result<Vec<FoundFile>, StoreError> {
+        let mut query = sqlx::query(sql);
+        for a in args {
+            query = match a {
+                super::search::Arg::Text(t) => query.bind(t),
+                super::search::Arg::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FoundFile {
+                    file: catalog_file(r)?,
+                    sample_id: r.try_get("sample_id")?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -3,12 +3,14 @@
 //! the last commit and no other write interleaves, however many connections
 //! write. Reads use a small pool of read-only connections.
 
-use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, StateSummary, Store, StoreError};
+use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
 use crate::domain::catalog::{CatalogFile, CatalogRow, RowErrors};
+use crate::domain::directory::SelfService;
 use crate::domain::hosts::{HostBeat, HostRecord, Serving};
+use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 use crate::names::{CatalogPath, DirId, FileId};
 use sqlx::pool::PoolConnection;
@@ -16,7 +18,6 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +25,12 @@ use tokio::sync::watch;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per multi-row INSERT (9 parameters each, well under SQLite's limit).
+/// Rows per multi-row INSERT (10 parameters each, well under SQLite's limit).
 const BATCH: usize = 1000;
+
+/// Rows `ANALYZE` samples per index: enough for the planner to tell a
+/// department (many files) from a sample or a name (a few).
+const ANALYSIS_LIMIT: u32 = 1000;
 
 /// How often an append starts over when the case's head moved under it.
 /// Under `BEGIN IMMEDIATE` the head cannot move; the limit only bounds a
@@ -142,6 +147,8 @@ fn is_locked(e: &sqlx::Error) -> bool {
 fn is_refusal(e: &StoreError) -> bool {
     match e {
         StoreError::Exists(_)
+        | StoreError::TooManyRequests { .. }
+        | StoreError::RequestsToday { .. }
         | StoreError::NoCase(_)
         | StoreError::Conflict { .. }
         | StoreError::Busy(_)
@@ -195,11 +202,14 @@ impl SqliteStore {
 
     /// Opens (creating and migrating) the database at `url` with `connections`.
     pub async fn open_with(url: &str, connections: Connections) -> Result<SqliteStore, StoreError> {
+        // LIKE compares case-sensitively, as PostgreSQL's does: a search's
+        // candidates are then its matches, and a literal prefix can use an index.
         let base = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("case_sensitive_like", "ON");
         let writer = SqlitePoolOptions::new()
             .max_connections(connections.writers.max(1))
             .min_connections(1)
@@ -213,6 +223,15 @@ impl SqliteStore {
             )
             .await?;
         MIGRATOR.run(&writer).await?;
+        // A catalog migrated from before its search indexes existed has no
+        // statistics yet: without them the planner cannot tell a department
+        // (many files) from a sample (a few).
+        let analyzed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+            .fetch_one(&writer)
+            .await?;
+        if analyzed == 0 {
+            analyze_catalog(&writer).await;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(connections.readers.max(1))
             .idle_timeout(None)
@@ -226,6 +245,29 @@ impl SqliteStore {
             changes: tokio::sync::watch::Sender::new(0),
             committed: Arc::new(watch::Sender::new(head)),
         })
+    }
+
+    /// Registers a case; for a self-service request (`limits` given), only
+    /// within its requester's limits.
+    async fn create(&self, case: NewCase, event: NewEvent, limits: Option<RequestLimits>) -> Result<EventRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = async {
+            if let Some(limits) = limits {
+                let (open, today): (i64, i64) = sqlx::query_as(&format!(
+                    "SELECT COALESCE(SUM(CASE WHEN state IN {LIVE} THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) \
+                     FROM cases WHERE requester = $1 AND self_service IS NOT NULL"
+                ))
+                .bind(&case.requester)
+                .bind(RequestLimits::day_ago())
+                .fetch_one(&mut *tx)
+                .await?;
+                limits.check(&case.requester, open, today)?;
+            }
+            Self::try_create_case(&mut tx, case, event).await
+        }
+        .await;
+        finish(tx, result).await
     }
 
     /// A write transaction holding the database's write lock from its start.
@@ -518,8 +560,8 @@ impl SqliteStore {
     async fn try_create_case(tx: &mut Tx, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
         let report = serde_json::to_string(&case.report).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let inserted = sqlx::query(
-            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash) \
-             VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9)",
+            "INSERT INTO cases (ref, state, requester, department, submitter, verified, report, created_at, state_since, event_count, head_hash, \
+             opened_uid, self_service) VALUES ($1, 'open', $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
         )
         .bind(&case.case_ref)
         .bind(&case.requester)
@@ -530,6 +572,8 @@ impl SqliteStore {
         .bind(audit::now_rfc3339())
         .bind(crate::unix::now_secs())
         .bind(GENESIS)
+        .bind(case.opened_uid as i64)
+        .bind(case.self_service.map(|p| p.as_str()))
         .execute(&mut **tx)
         .await;
         match inserted {
@@ -561,7 +605,8 @@ impl SqliteStore {
     async fn try_import(tx: &mut Tx, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS import_rows (line INTEGER NOT NULL, file_id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, \
-             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL)",
+             base_name TEXT NOT NULL, department TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, submitted_ns INTEGER NOT NULL, extra TEXT NOT NULL, \
+             sample_id TEXT)",
         )
         .execute(&mut **tx)
         .await?;
@@ -592,7 +637,8 @@ impl SqliteStore {
                     .bind(f.size as i64)
                     .bind(f.sha256)
                     .bind(f.submitted_ns)
-                    .bind(f.extra);
+                    .bind(f.extra)
+                    .bind(r.sample_id);
             }
             q.execute(&mut **tx).await?;
         }
@@ -625,10 +671,11 @@ impl SqliteStore {
         let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
         let now = audit::now_rfc3339();
         sqlx::query(
-            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, imported_at) \
-             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, $1 FROM import_rows WHERE true \
+            "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, imported_at) \
+             SELECT file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, $1 FROM import_rows WHERE true \
              ON CONFLICT (file_id) DO UPDATE SET path = excluded.path, base_name = excluded.base_name, department = excluded.department, \
-             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, imported_at = excluded.imported_at \
+             size = excluded.size, sha256 = excluded.sha256, submitted_ns = excluded.submitted_ns, extra = excluded.extra, \
+             sample_id = excluded.sample_id, imported_at = excluded.imported_at \
              WHERE catalog.path <> excluded.path OR catalog.department <> excluded.department OR catalog.size <> excluded.size \
              OR catalog.sha256 <> excluded.sha256 OR catalog.submitted_ns <> excluded.submitted_ns OR catalog.extra <> excluded.extra",
         )
@@ -663,6 +710,28 @@ impl SqliteStore {
     }
 }
 
+#[async_trait::async_trait]
+impl super::search::SearchOnce for SqliteStore {
+    async fn search_once(&self, sql: &str, args: Vec<super::search::Arg>) -> Result<Vec<FoundFile>, StoreError> {
+        let mut query = sqlx::query(sql);
+        for a in args {
+            query = match a {
+                super::search::Arg::Text(t) => query.bind(t),
+                super::search::Arg::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FoundFile {
+                    file: catalog_file(r)?,
+                    sample_id: r.try_get("sample_id")?,
+                })
+            })
+            .collect()
+    }
+}
+
 fn catalog_file(row: &SqliteRow) -> Result<CatalogFile, StoreError> {
     let bad = StoreError::CatalogRow;
     Ok(CatalogFile {
@@ -682,6 +751,12 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
     let state = CaseState::parse(&state).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown state {state:?}")))?;
     let report: String = row.try_get("report")?;
     let report = serde_json::from_str(&report).map_err(|e| StoreError::Corrupt(case_ref.clone(), format!("report: {e}")))?;
+    let self_service = match row.try_get::<Option<String>, _>("self_service")? {
+        None => None,
+        Some(p) => {
+            Some(SelfService::parse(&p).ok_or_else(|| StoreError::Corrupt(case_ref.clone(), format!("unknown self_service {p:?}")))?)
+        }
+    };
     Ok(CaseRecord {
         state,
         requester: row.try_get("requester")?,
@@ -693,6 +768,8 @@ fn case_record(row: &SqliteRow) -> Result<CaseRecord, StoreError> {
         state_since: row.try_get("state_since")?,
         event_count: row.try_get::<i64, _>("event_count")? as u64,
         head_hash: row.try_get("head_hash")?,
+        opened_uid: row.try_get::<Option<i64>, _>("opened_uid")?.map(|u| u as u32),
+        self_service,
         host: row.try_get("host")?,
         case_ref,
     })
@@ -756,6 +833,9 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let result = Self::try_import(&mut tx, rows).await;
         let summary = finish(tx, result).await?;
+        if summary.added + summary.updated > 0 {
+            analyze_catalog(&self.writer).await;
+        }
         // A large import leaves a write-ahead log as large as the database: give the space back.
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
             tracing::debug!(error = %e, "WAL checkpoint after import failed");
@@ -775,6 +855,28 @@ impl Store for SqliteStore {
         rows.iter().map(catalog_file).collect()
     }
 
+    async fn resolve_among(&self, descriptor: &str, departments: &[String], limit: u32) -> Result<Vec<CatalogFile>, StoreError> {
+        if departments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (0..departments.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT file_id, path, department, size, sha256, submitted_ns, extra FROM catalog \
+             WHERE (file_id = $1 OR path = $1 OR base_name = $1) AND department IN ({}) ORDER BY file_id LIMIT $2",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(descriptor).bind(limit as i64);
+        for d in departments {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(catalog_file).collect()
+    }
+
+    async fn search_catalog(&self, query: &CatalogQuery, after: Option<&SearchKey>, limit: u32) -> Result<Vec<FoundFile>, StoreError> {
+        super::search::search_catalog(self, query, after, limit).await
+    }
+
     async fn catalog_size(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
             .fetch_one(&self.reader)
@@ -788,9 +890,23 @@ impl Store for SqliteStore {
     }
 
     async fn create_case(&self, case: NewCase, event: NewEvent) -> Result<EventRecord, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let result = Self::try_create_case(&mut tx, case, event).await;
-        finish(tx, result).await
+        self.create(case, event, None).await
+    }
+
+    async fn create_request(&self, case: NewCase, event: NewEvent, limits: RequestLimits) -> Result<EventRecord, StoreError> {
+        self.create(case, event, Some(limits)).await
+    }
+
+    async fn list_requests(&self, requester: &str, limit: u32) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM cases WHERE requester = $1 AND self_service IS NOT NULL \
+             ORDER BY created_at DESC, ref DESC LIMIT $2) AS recent ORDER BY created_at, ref",
+        )
+        .bind(requester)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(case_record).collect()
     }
 
     async fn case(&self, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
@@ -1158,29 +1274,39 @@ impl HostRow for SqliteRow {
     }
 }
 
+/// The multi-row INSERT of `n` import rows. Its parameters are anonymous
+/// (`?`), unlike every other statement's `$N`: sqlx looks each parameter's
+/// name up when it binds, and SQLite finds a name by walking the statement's
+/// list of them, so 10,000 named parameters cost 50 million steps a batch;
+/// anonymous ones have no name to look up. (The import table is this
+/// backend's own; other backends import their own way.)
 fn insert_sql(n: usize) -> String {
-    let mut s =
-        String::from("INSERT INTO import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra) VALUES ");
+    let mut s = String::from(
+        "INSERT INTO import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id) VALUES ",
+    );
     for i in 0..n {
         if i > 0 {
             s.push(',');
         }
-        let p = 9 * i;
-        let _ = write!(
-            s,
-            "(${},${},${},${},${},${},${},${},${})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
-            p + 8,
-            p + 9
-        );
+        s.push_str("(?,?,?,?,?,?,?,?,?,?)");
     }
     s
+}
+
+/// Refreshes the planner's statistics of the catalog (sampled, so quick at
+/// any size). A failure only costs query plans, so it is logged, not returned.
+async fn analyze_catalog(pool: &SqlitePool) {
+    let analyzed = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::query(&format!("PRAGMA analysis_limit = {ANALYSIS_LIMIT}"))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("ANALYZE catalog").execute(&mut *conn).await?;
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(e) = analyzed.await {
+        tracing::warn!(error = %e, "cannot refresh the catalog's statistics; searches may be slower");
+    }
 }
 
 #[cfg(test)]
@@ -1202,6 +1328,7 @@ mod tests {
                 submitted_ns: 0,
                 extra: String::new(),
             },
+            sample_id: None,
         }
     }
 
@@ -1307,6 +1434,8 @@ mod tests {
                 lines: Vec::new(),
             },
             files: Vec::new(),
+            opened_uid: 1000,
+            self_service: None,
         }
     }
 

@@ -23,9 +23,37 @@ pub fn no_longer_authorized(dir: &Directory, department: Option<&str>, files: &[
     })
 }
 
+/// Why `four_eyes = true` refuses the uid `approver` the approval of a case
+/// registered by `opened_uid`, if it does: the uid that opened a case may not
+/// also approve it. A case whose opener is not known is refused (fails closed).
+pub fn four_eyes_refusal(four_eyes: bool, opened_uid: Option<u32>, approver: u32, case_ref: &str) -> Option<String> {
+    if !four_eyes {
+        return None;
+    }
+    match opened_uid {
+        Some(uid) if uid != approver => None,
+        Some(uid) => Some(format!(
+            "four_eyes: uid {uid} opened case {case_ref} and may not approve it too; another member of workcopy staff must approve it"
+        )),
+        None => Some(format!(
+            "four_eyes: the register does not say who opened case {case_ref}, so no one may approve it; reject it and register it again"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_eyes_refuses_only_the_opener() {
+        assert_eq!(four_eyes_refusal(false, Some(1500), 1500, "R"), None);
+        assert_eq!(four_eyes_refusal(true, Some(1500), 1501, "R"), None);
+        let m = four_eyes_refusal(true, Some(1500), 1500, "R").unwrap_or_default();
+        assert!(m.starts_with("four_eyes") && m.contains("another member"), "{m}");
+        assert!(four_eyes_refusal(true, None, 0, "R").is_some());
+        assert_eq!(four_eyes_refusal(false, None, 0, "R"), None);
+    }
 
     #[test]
     fn staff_is_root_or_a_member_of_the_staff_group() {

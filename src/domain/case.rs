@@ -9,9 +9,12 @@
 //!
 //! `blocked` (a file did not match the catalog when staged) can be approved
 //! again (after the GDB was repaired) or rejected. `close --force --reason`
-//! closes a case from any non-terminal state.
+//! closes a case from any non-terminal state. A self-service request can be
+//! cancelled by its requester until it is exported (from `open`, `approved`
+//! or `blocked`): `cancelled`, terminal.
 
 use crate::audit::EventKind;
+use crate::domain::directory::SelfService;
 use crate::domain::verify::{CaseFile, Report};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,10 +30,12 @@ pub enum CaseState {
     Closed,
     Rejected,
     Expired,
+    /// A self-service request its requester withdrew before it was exported.
+    Cancelled,
 }
 
 impl CaseState {
-    pub const ALL: [CaseState; 8] = [
+    pub const ALL: [CaseState; 9] = [
         CaseState::Open,
         CaseState::Approved,
         CaseState::Blocked,
@@ -39,6 +44,7 @@ impl CaseState {
         CaseState::Closed,
         CaseState::Rejected,
         CaseState::Expired,
+        CaseState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +57,7 @@ impl CaseState {
             CaseState::Closed => "closed",
             CaseState::Rejected => "rejected",
             CaseState::Expired => "expired",
+            CaseState::Cancelled => "cancelled",
         }
     }
 
@@ -62,7 +69,7 @@ impl CaseState {
     pub const VISIBLE: [CaseState; 2] = [CaseState::Exported, CaseState::Received];
 
     /// The states no transition leaves; their logs are sealed.
-    pub const TERMINAL: [CaseState; 3] = [CaseState::Closed, CaseState::Rejected, CaseState::Expired];
+    pub const TERMINAL: [CaseState; 4] = [CaseState::Closed, CaseState::Rejected, CaseState::Expired, CaseState::Cancelled];
 
     /// No transition leaves a terminal state; its log is sealed.
     pub fn is_terminal(self) -> bool {
@@ -81,7 +88,7 @@ impl fmt::Display for CaseState {
     }
 }
 
-/// A new case as `case open` registers it.
+/// A new case as `case open` or `request open` registers it.
 #[derive(Debug, Clone)]
 pub struct NewCase {
     pub case_ref: String,
@@ -90,6 +97,10 @@ pub struct NewCase {
     pub submitter: Option<String>,
     pub report: Report,
     pub files: Vec<CaseFile>,
+    /// The uid that registered the case (staff, or the requester's account).
+    pub opened_uid: u32,
+    /// For a self-service request: the department's policy when it was made.
+    pub self_service: Option<SelfService>,
 }
 
 /// A case as stored.
@@ -107,6 +118,13 @@ pub struct CaseRecord {
     pub state_since: i64,
     pub event_count: u64,
     pub head_hash: String,
+    /// The uid that registered the case (`None` only if the register lost it).
+    #[serde(default)]
+    pub opened_uid: Option<u32>,
+    /// For a self-service request, the department's policy when it was made
+    /// (`review` or `auto`); `None` for a case staff registered.
+    #[serde(default)]
+    pub self_service: Option<SelfService>,
     /// The host that serves the case (stages it and shows it in its mount),
     /// from its approval on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +138,8 @@ impl CaseRecord {
             state: self.state,
             verified: self.verified,
             department: self.department.as_deref(),
+            requester: &self.requester,
+            self_service: self.self_service.is_some(),
         }
     }
 }
@@ -131,7 +151,9 @@ pub enum Role {
     Staff,
     /// A department's transfer account.
     Transfer { department: String },
-    /// workcopy itself (expiry, recovery).
+    /// A directory user, by the unix account they log in with (self-service).
+    Requester { user: String, department: String },
+    /// workcopy itself (expiry, recovery, self-service `auto` approval).
     System,
     /// Anyone else.
     Nobody,
@@ -150,6 +172,8 @@ pub enum Action {
     Close,
     ForceClose,
     Expire,
+    /// A requester withdraws their own self-service request.
+    Cancel,
 }
 
 impl Action {
@@ -163,6 +187,7 @@ impl Action {
             Action::Confirm => EventKind::Received,
             Action::Close | Action::ForceClose => EventKind::Closed,
             Action::Expire => EventKind::Expired,
+            Action::Cancel => EventKind::Cancelled,
         }
     }
 
@@ -176,6 +201,7 @@ impl Action {
             Action::Close => "close",
             Action::ForceClose => "force-close",
             Action::Expire => "expire",
+            Action::Cancel => "cancel",
         }
     }
 }
@@ -186,6 +212,8 @@ pub enum TransitionError {
     NotStaff(&'static str),
     #[error("permission denied: only staff or the case's own department may {0} it")]
     NotOwner(&'static str),
+    #[error("permission denied: only its requester may {0} a self-service request (staff reject or close cases)")]
+    NotRequester(&'static str),
     #[error("case is {state}; cannot {verb} it{hint}")]
     WrongState {
         state: CaseState,
@@ -202,6 +230,10 @@ pub struct CaseFacts<'a> {
     pub state: CaseState,
     pub verified: bool,
     pub department: Option<&'a str>,
+    /// The requesting directory user.
+    pub requester: &'a str,
+    /// Whether the case is a self-service request.
+    pub self_service: bool,
 }
 
 /// Decides whether `role` may take `action` on a case, and the state it leads to.
@@ -212,7 +244,10 @@ pub fn transition(role: &Role, action: Action, case: CaseFacts<'_>) -> Result<Ca
         (Action::Confirm, Role::Staff) => {}
         (Action::Confirm, Role::Transfer { department }) if Some(department.as_str()) == case.department => {}
         (Action::Confirm, _) => return Err(TransitionError::NotOwner(verb)),
-        (Action::Export | Action::Block | Action::Expire, Role::System) => {}
+        (Action::Cancel, Role::Requester { user, .. }) if case.self_service && user == case.requester => {}
+        (Action::Cancel, _) => return Err(TransitionError::NotRequester(verb)),
+        // A department's `self_service = "auto"`: workcopy approves a verified request itself.
+        (Action::Export | Action::Block | Action::Expire | Action::Approve, Role::System) => {}
         (Action::Export | Action::Block | Action::Expire, _) => return Err(TransitionError::NotStaff(verb)),
         (_, Role::Staff) => {}
         (_, _) => return Err(TransitionError::NotStaff(verb)),
@@ -243,6 +278,11 @@ pub fn transition(role: &Role, action: Action, case: CaseFacts<'_>) -> Result<Ca
         (Action::ForceClose, _) => Err(wrong("")),
         (Action::Expire, S::Exported) => Ok(S::Expired),
         (Action::Expire, _) => Err(wrong("")),
+        (Action::Cancel, S::Open | S::Approved | S::Blocked) => Ok(S::Cancelled),
+        (Action::Cancel, S::Exported | S::Received) => Err(wrong(
+            " (it is in the mount already; the department's transfer job pulls it, and workcopy staff can close it)",
+        )),
+        (Action::Cancel, _) => Err(wrong("")),
     }
 }
 
@@ -256,6 +296,23 @@ mod tests {
             state,
             verified: true,
             department: Some("RH-KGA"),
+            requester: "alice@regionh.dk",
+            self_service: false,
+        }
+    }
+
+    /// A self-service request of alice's.
+    fn request(state: CaseState) -> CaseFacts<'static> {
+        CaseFacts {
+            self_service: true,
+            ..facts(state)
+        }
+    }
+
+    fn alice() -> Role {
+        Role::Requester {
+            user: "alice@regionh.dk".into(),
+            department: "RH-KGA".into(),
         }
     }
 
@@ -292,6 +349,9 @@ mod tests {
             (Action::ForceClose, S::Exported, S::Closed),
             (Action::ForceClose, S::Received, S::Closed),
             (Action::Expire, S::Exported, S::Expired),
+            (Action::Cancel, S::Open, S::Cancelled),
+            (Action::Cancel, S::Approved, S::Cancelled),
+            (Action::Cancel, S::Blocked, S::Cancelled),
         ];
         let actions = [
             Action::Approve,
@@ -302,15 +362,16 @@ mod tests {
             Action::Close,
             Action::ForceClose,
             Action::Expire,
+            Action::Cancel,
         ];
         for a in actions {
-            let role = if matches!(a, Action::Export | Action::Block | Action::Expire) {
-                Role::System
-            } else {
-                Role::Staff
+            let role = match a {
+                Action::Export | Action::Block | Action::Expire => Role::System,
+                Action::Cancel => alice(),
+                _ => Role::Staff,
             };
             for s in S::ALL {
-                let got = transition(&role, a, facts(s)).ok();
+                let got = transition(&role, a, request(s)).ok();
                 let want = allowed.iter().find(|(x, from, _)| *x == a && *from == s).map(|t| t.2);
                 assert_eq!(got, want, "{a:?} from {s}");
             }
@@ -319,20 +380,94 @@ mod tests {
 
     #[test]
     fn terminal_states_are_final() {
-        for s in [S::Closed, S::Rejected, S::Expired] {
+        for s in [S::Closed, S::Rejected, S::Expired, S::Cancelled] {
             assert!(s.is_terminal());
             for a in [Action::Approve, Action::Reject, Action::Confirm, Action::Close, Action::ForceClose] {
                 assert!(staff(a, s).is_err());
             }
+            assert!(transition(&alice(), Action::Cancel, request(s)).is_err());
+        }
+        assert_eq!(CaseState::TERMINAL.len(), 4);
+        assert!(!S::Cancelled.is_visible());
+    }
+
+    #[test]
+    fn only_its_requester_cancels_a_self_service_request_until_it_is_exported() {
+        assert_eq!(transition(&alice(), Action::Cancel, request(S::Open)), Ok(S::Cancelled));
+        assert_eq!(transition(&alice(), Action::Cancel, request(S::Blocked)), Ok(S::Cancelled));
+        // Another requester (of the same department), staff, the department, workcopy: refused.
+        let bob = Role::Requester {
+            user: "bob@regionh.dk".into(),
+            department: "RH-KGA".into(),
+        };
+        let owner = Role::Transfer {
+            department: "RH-KGA".into(),
+        };
+        for role in [bob, Role::Staff, owner, Role::System, Role::Nobody] {
+            assert!(matches!(
+                transition(&role, Action::Cancel, request(S::Open)),
+                Err(TransitionError::NotRequester(_))
+            ));
+        }
+        // A case staff registered for alice is not hers to cancel.
+        assert!(matches!(
+            transition(&alice(), Action::Cancel, facts(S::Open)),
+            Err(TransitionError::NotRequester(_))
+        ));
+        // In the mount already: says what happens instead.
+        match transition(&alice(), Action::Cancel, request(S::Exported)) {
+            Err(e @ TransitionError::WrongState { .. }) => assert!(e.to_string().contains("close"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_requester_may_take_no_other_action() {
+        for a in [
+            Action::Approve,
+            Action::Reject,
+            Action::Close,
+            Action::ForceClose,
+            Action::Export,
+            Action::Block,
+            Action::Expire,
+        ] {
+            for s in S::ALL {
+                assert!(
+                    matches!(transition(&alice(), a, request(s)), Err(TransitionError::NotStaff(_))),
+                    "{a:?} from {s}"
+                );
+            }
+        }
+        for s in S::ALL {
+            assert!(matches!(
+                transition(&alice(), Action::Confirm, request(s)),
+                Err(TransitionError::NotOwner(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn workcopy_approves_for_the_auto_policy_as_staff_would() {
+        assert_eq!(transition(&Role::System, Action::Approve, request(S::Open)), Ok(S::Approved));
+        let unverified = CaseFacts {
+            verified: false,
+            ..request(S::Open)
+        };
+        assert_eq!(
+            transition(&Role::System, Action::Approve, unverified),
+            Err(TransitionError::NotVerified)
+        );
+        for a in [Action::Reject, Action::Close, Action::ForceClose, Action::Confirm] {
+            assert!(transition(&Role::System, a, request(S::Open)).is_err(), "{a:?}");
         }
     }
 
     #[test]
     fn unverified_case_can_never_be_approved() {
         let f = CaseFacts {
-            state: S::Open,
             verified: false,
-            department: Some("RH-KGA"),
+            ..facts(S::Open)
         };
         assert_eq!(transition(&Role::Staff, Action::Approve, f), Err(TransitionError::NotVerified));
     }
@@ -366,9 +501,8 @@ mod tests {
         }
         // An owner cannot confirm a case whose department is unknown.
         let f = CaseFacts {
-            state: S::Exported,
-            verified: true,
             department: None,
+            ..facts(S::Exported)
         };
         assert!(transition(&owner, Action::Confirm, f).is_err());
     }

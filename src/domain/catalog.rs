@@ -56,11 +56,16 @@ pub fn parse_rfc3339_ns(s: &str) -> Result<i64, String> {
     i64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("{s:?} is out of range"))
 }
 
+/// The optional column `catalog search --sample` looks in; also kept in `extra`.
+pub const SAMPLE_ID: &str = "sample_id";
+
 /// A catalog row with the line it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogRow {
     pub line: usize,
     pub file: CatalogFile,
+    /// The row's `sample_id` column, when the catalog has one and it is not empty.
+    pub sample_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,6 +115,7 @@ impl RowErrors {
 struct Columns {
     idx: [usize; 6],
     extra: Vec<(usize, String)>,
+    sample_id: Option<usize>,
     count: usize,
 }
 
@@ -145,13 +151,14 @@ fn parse_header(line: &str) -> Result<Columns, CatalogError> {
         )));
     }
     Ok(Columns {
+        sample_id: extra.iter().find(|(_, n)| n == SAMPLE_ID).map(|(i, _)| *i),
         idx,
         extra,
         count: names.len(),
     })
 }
 
-fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bool) -> Result<CatalogFile, String> {
+fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bool) -> Result<(CatalogFile, Option<String>), String> {
     let fields: Vec<&str> = line.split('\t').collect();
     if fields.len() != cols.count {
         return Err(format!("has {} field(s), the header has {}", fields.len(), cols.count));
@@ -186,15 +193,19 @@ fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bo
             .collect();
         serde_json::Value::Object(map).to_string()
     };
-    Ok(CatalogFile {
-        file_id,
-        path,
-        department,
-        size,
-        sha256: sha.to_ascii_lowercase(),
-        submitted_ns,
-        extra,
-    })
+    let sample_id = cols.sample_id.map(|i| fields[i]).filter(|s| !s.is_empty()).map(String::from);
+    Ok((
+        CatalogFile {
+            file_id,
+            path,
+            department,
+            size,
+            sha256: sha.to_ascii_lowercase(),
+            submitted_ns,
+            extra,
+        },
+        sample_id,
+    ))
 }
 
 fn truncate(s: &str) -> String {
@@ -288,14 +299,18 @@ pub fn parse_catalog(reader: &mut dyn BufRead, known_department: &dyn Fn(&DirId)
             continue;
         }
         match parse_row(c, line, known_department) {
-            Ok(file) => {
+            Ok((file, sample_id)) => {
                 if let Some(first) = first_seen.get(&file.file_id) {
                     errors.push(lineno, format!("file_id {} is already on line {first}", file.file_id));
                     continue;
                 }
                 first_seen.insert(file.file_id.clone(), lineno);
                 if errors.is_empty() {
-                    rows.push(CatalogRow { line: lineno, file });
+                    rows.push(CatalogRow {
+                        line: lineno,
+                        file,
+                        sample_id,
+                    });
                 }
             }
             Err(m) => errors.push(lineno, m),
@@ -340,6 +355,16 @@ mod tests {
         assert_eq!(f.size, 42);
         assert_eq!(f.submitted_at(), "2025-03-01T09:00:00Z");
         assert_eq!(f.extra, r#"{"sample_id":"S1"}"#);
+        assert_eq!(rows[0].sample_id.as_deref(), Some("S1"));
+        // No such column, or an empty value: no sample.
+        let text = format!("{HEAD}{}", row("F1", "a.fq", "RH", "1", SHA, AT));
+        assert!(matches!(parse(&text), Ok(r) if r[0].sample_id.is_none()));
+        let text = format!(
+            "{}\tsample_id\n{}\t\n",
+            HEAD.trim_end(),
+            row("F1", "a.fq", "RH", "1", SHA, AT).trim_end()
+        );
+        assert!(matches!(parse(&text), Ok(r) if r[0].sample_id.is_none()));
     }
 
     fn row(id: &str, path: &str, dept: &str, size: &str, sha: &str, at: &str) -> String {

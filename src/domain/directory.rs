@@ -1,10 +1,12 @@
-//! The directory: user groups, departments (with their transfer accounts) and
-//! requesting users. Loaded as a whole; a bad file is refused as a whole with
-//! the offending entry named.
+//! The directory: user groups, departments (with their transfer accounts and
+//! self-service policies) and requesting users (with the unix accounts they
+//! log in with, for self-service). Loaded as a whole; a bad file is refused as
+//! a whole with the offending entry named. One uid has one role: it is a
+//! department's transfer account or one user's account, never both.
 
 use crate::names::{DirId, UserId};
 use crate::unix::LookupError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -42,6 +44,8 @@ struct RawDepartment {
     group: String,
     transfer_account: AccountSpec,
     #[serde(default)]
+    self_service: SelfService,
+    #[serde(default)]
     hosts: Vec<String>,
 }
 
@@ -57,6 +61,54 @@ enum AccountSpec {
 struct RawUser {
     id: String,
     department: String,
+    #[serde(default)]
+    account: Option<AccountSpec>,
+}
+
+/// Whether a department's users may request their own group's files
+/// themselves (`workcopy request open`), and what happens to such a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelfService {
+    /// Requests go through staff (`workcopy case open`) only.
+    #[default]
+    Off,
+    /// A request waits in `open` for staff to approve or reject it.
+    Review,
+    /// A request whose every file verified is approved at once by workcopy.
+    Auto,
+}
+
+impl SelfService {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelfService::Off => "off",
+            SelfService::Review => "review",
+            SelfService::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SelfService> {
+        [SelfService::Off, SelfService::Review, SelfService::Auto]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for SelfService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A directory user as a requester: who they are and where they belong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub user: UserId,
+    /// Their department (the owner of the cases they request).
+    pub department: DirId,
+    /// The account as written in the file.
+    pub account: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +120,8 @@ pub struct Department {
     pub transfer_account: String,
     /// Its uid, resolved when the directory was loaded.
     pub transfer_uid: u32,
+    /// What `workcopy request open` does for this department's users.
+    pub self_service: SelfService,
     /// The transfer hosts that may serve its cases, the first by default
     /// (empty: any host).
     pub hosts: Vec<DirId>,
@@ -79,6 +133,8 @@ pub struct Directory {
     pub departments: BTreeMap<DirId, Department>,
     pub users: BTreeMap<UserId, DirId>,
     by_uid: HashMap<u32, DirId>,
+    /// Users by the uid of their `account`.
+    requesters: HashMap<u32, Requester>,
 }
 
 impl Directory {
@@ -146,6 +202,7 @@ impl Directory {
                 group,
                 transfer_account: account,
                 transfer_uid: uid,
+                self_service: d.self_service,
             };
             if dir.departments.insert(id.clone(), dept).is_some() {
                 return Err(fail(format!("[[department]] id {id:?} appears twice")));
@@ -159,9 +216,40 @@ impl Directory {
                     "[[user]] {id}: department {dept:?} is not a [[department]] of this file"
                 )));
             }
-            if dir.users.insert(id.clone(), dept).is_some() {
+            if dir.users.insert(id.clone(), dept.clone()).is_some() {
                 return Err(fail(format!("[[user]] id {id:?} appears twice")));
             }
+            let Some(spec) = u.account else { continue };
+            let (account, uid) = match spec {
+                AccountSpec::Uid(n) => (n.to_string(), n),
+                AccountSpec::Name(n) => {
+                    let uid = resolve(&n).map_err(|e| fail(format!("[[user]] {id}: account: {e}")))?;
+                    (n, uid)
+                }
+            };
+            if uid == 0 {
+                return Err(fail(format!("[[user]] {id}: account must not be root")));
+            }
+            if let Some(other) = dir.by_uid.get(&uid) {
+                return Err(fail(format!(
+                    "[[user]] {id}: account {account:?} (uid {uid}) is the transfer_account of [[department]] {other}; \
+                     one uid has one role: give the user an account of their own"
+                )));
+            }
+            if let Some(other) = dir.requesters.get(&uid) {
+                return Err(fail(format!(
+                    "[[user]] {id}: account {account:?} (uid {uid}) is already the account of [[user]] {}; each user needs their own",
+                    other.user
+                )));
+            }
+            dir.requesters.insert(
+                uid,
+                Requester {
+                    user: id,
+                    department: dept,
+                    account,
+                },
+            );
         }
         Ok(dir)
     }
@@ -173,6 +261,25 @@ impl Directory {
     /// The department whose transfer account has this uid.
     pub fn department_of_uid(&self, uid: u32) -> Option<&Department> {
         self.by_uid.get(&uid).and_then(|d| self.departments.get(d))
+    }
+
+    /// The directory user whose `account` has this uid.
+    pub fn requester_of_uid(&self, uid: u32) -> Option<&Requester> {
+        self.requesters.get(&uid)
+    }
+
+    /// The departments in the same user group as `department` (itself
+    /// included), in id order: whose files its users may have. Empty for a
+    /// department not in the directory.
+    pub fn group_departments(&self, department: &DirId) -> Vec<DirId> {
+        let Some(own) = self.departments.get(department) else {
+            return Vec::new();
+        };
+        self.departments
+            .values()
+            .filter(|d| d.group == own.group)
+            .map(|d| d.id.clone())
+            .collect()
     }
 
     pub fn user_department(&self, user: &UserId) -> Option<&Department> {
@@ -283,5 +390,77 @@ department = "AUH-KGA"
         assert!(m.contains("printer"), "{m}");
         let m = refused(&SAMPLE.replace("\"xfer-auh\"", "\"root\""));
         assert!(m.contains("root"), "{m}");
+    }
+
+    const WITH_REQUESTERS: &str = r#"
+[[user]]
+id = "carol@regionh.dk"
+department = "HGH-GEN"
+account = "carol"
+
+[[user]]
+id = "dave@rm.dk"
+department = "AUH-KGA"
+account = 5002
+"#;
+
+    fn resolve_with_people(name: &str) -> Result<u32, LookupError> {
+        match name {
+            "carol" => Ok(5001),
+            other => fake_resolve(other),
+        }
+    }
+
+    fn with_requesters(text: &str) -> Result<Directory, String> {
+        Directory::parse(text, "dir.toml", &resolve_with_people).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn users_with_accounts_are_requesters_and_policies_default_to_off() {
+        let text = SAMPLE.replace("transfer_account = 2002\n", "transfer_account = 2002\nself_service = \"review\"\n") + WITH_REQUESTERS;
+        let d = match with_requesters(&text) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let carol = d
+            .requester_of_uid(5001)
+            .map(|r| (r.user.as_str(), r.department.as_str(), r.account.as_str()));
+        assert_eq!(carol, Some(("carol@regionh.dk", "HGH-GEN", "carol")));
+        assert_eq!(d.requester_of_uid(5002).map(|r| r.account.as_str()), Some("5002"));
+        // Users without an account, and transfer accounts, are no requesters.
+        assert!(d.requester_of_uid(2001).is_none() && d.requester_of_uid(0).is_none());
+        assert_eq!(d.department("HGH-GEN").map(|x| x.self_service), Some(SelfService::Review));
+        assert_eq!(d.department("RH-KGA").map(|x| x.self_service), Some(SelfService::Off));
+        let rh = DirId::parse("RH-KGA").unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<String> = d.group_departments(&rh).iter().map(|x| x.to_string()).collect();
+        assert_eq!(ids, ["HGH-GEN", "RH-KGA"]);
+        let nowhere = DirId::parse("NOWHERE").unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.group_departments(&nowhere).is_empty());
+    }
+
+    #[test]
+    fn one_uid_has_one_role() {
+        // A user's account that is a transfer account: both are named.
+        let m = with_requesters(&(SAMPLE.to_string() + &WITH_REQUESTERS.replace("account = 5002", "account = \"xfer-rh\"")))
+            .err()
+            .unwrap_or_default();
+        assert!(m.contains("dave@rm.dk") && m.contains("RH-KGA") && m.contains("2001"), "{m}");
+        // Two users with one account: both are named.
+        let m = with_requesters(&(SAMPLE.to_string() + &WITH_REQUESTERS.replace("account = 5002", "account = 5001")))
+            .err()
+            .unwrap_or_default();
+        assert!(m.contains("dave@rm.dk") && m.contains("carol@regionh.dk"), "{m}");
+        let m = with_requesters(&(SAMPLE.to_string() + &WITH_REQUESTERS.replace("account = 5002", "account = 0")))
+            .err()
+            .unwrap_or_default();
+        assert!(m.contains("dave@rm.dk") && m.contains("root"), "{m}");
+        let m = with_requesters(&(SAMPLE.to_string() + &WITH_REQUESTERS.replace("account = \"carol\"", "account = \"nobody-here\"")))
+            .err()
+            .unwrap_or_default();
+        assert!(m.contains("carol@regionh.dk") && m.contains("nobody-here"), "{m}");
+        let m = with_requesters(&SAMPLE.replace("transfer_account = 2002\n", "transfer_account = 2002\nself_service = \"yes\"\n"))
+            .err()
+            .unwrap_or_default();
+        assert!(m.contains("self_service") && m.contains("yes"), "{m}");
     }
 }

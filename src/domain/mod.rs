@@ -6,4 +6,5 @@ pub mod case;
 pub mod catalog;
 pub mod directory;
 pub mod hosts;
+pub mod search;
 pub mod verify;

@@ -27,6 +27,9 @@ pub enum Outcome {
         export_name: String,
     },
     NotFound,
+    /// A self-service request: no file of the requester's user group
+    /// matches (whether another group's does is not said).
+    NotInGroup,
     Ambiguous {
         candidates: Vec<Candidate>,
     },
@@ -82,6 +85,9 @@ impl ReportLine {
                 format!("ok        {d}: {file_id} {path} -> {export_name}")
             }
             Outcome::NotFound => format!("REFUSED   {d}: not found in the GDB catalog"),
+            Outcome::NotInGroup => {
+                format!("REFUSED   {d}: not found among the files of your user group (`workcopy catalog search` lists them)")
+            }
             Outcome::Ambiguous { candidates } => format!(
                 "REFUSED   {d}: ambiguous, matches {} files: {}",
                 candidates.len(),
@@ -299,6 +305,28 @@ pub fn verify(form: &RequestForm, directory: &Directory, matches: &[Vec<CatalogF
     )
 }
 
+/// Checks a self-service request as [`verify`] checks a request form, where
+/// `matches[i]` holds only the files of the requester's user group that match
+/// `form.descriptors[i]` — what `catalog search` shows the requester. A file
+/// of another group therefore reads exactly as a file that does not exist:
+/// [`Outcome::NotInGroup`], naming nothing of it.
+pub fn verify_request(
+    form: &RequestForm,
+    directory: &Directory,
+    matches: &[Vec<CatalogFile>],
+    max_files: usize,
+) -> (Report, Vec<CaseFile>) {
+    let (mut report, files) = verify(form, directory, matches, max_files);
+    for l in &mut report.lines {
+        // Not authorized cannot come from the group's own files; were it to,
+        // it would name another group's file, so it reads as not found too.
+        if matches!(l.outcome, Outcome::NotFound | Outcome::NotAuthorized { .. }) {
+            l.outcome = Outcome::NotInGroup;
+        }
+    }
+    (report, files)
+}
+
 /// The name reserved for the checksum list in every case directory.
 pub const SUMS_NAME: &str = "SHA256SUMS";
 
@@ -374,6 +402,25 @@ mod tests {
         assert!(!r.verified());
         assert!(matches!(r.lines[0].outcome, Outcome::NotAuthorized { .. }));
         assert!(r.lines[0].describe().contains("not authorized"));
+    }
+
+    #[test]
+    fn a_request_reads_another_groups_file_as_not_found() {
+        let m = vec![vec![], vec![file("F2", "a/y.fq", "RH-KGA")]];
+        let f = form("alice@regionh.dk", &["F1", "F2"]);
+        let (r, files) = verify_request(&f, &sample(), &m, 20);
+        assert_eq!(r.lines[0].outcome, Outcome::NotInGroup);
+        assert!(r.lines[0].describe().contains("not found among the files of your user group"));
+        assert!(r.lines[1].ok() && files.len() == 1 && !r.verified());
+        // Were another group's file ever passed in, nothing of it is named.
+        let (r, _) = verify_request(
+            &form("alice@regionh.dk", &["F9"]),
+            &sample(),
+            &[vec![file("F9", "b.fq", "AUH-KGA")]],
+            20,
+        );
+        assert_eq!(r.lines[0].outcome, Outcome::NotInGroup);
+        assert!(!r.lines[0].describe().contains("AUH"));
     }
 
     #[test]

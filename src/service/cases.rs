@@ -5,7 +5,7 @@ use super::caselog::LogCheck;
 use super::request::{not_found, parse_ref, refuse};
 use crate::audit::{self, Actor, EventKind, NewEvent};
 use crate::control::proto::{CaseView, DeliveredFile, Refusal, RefusalKind, Reply, Response};
-use crate::domain::authz::no_longer_authorized;
+use crate::domain::authz::{four_eyes_refusal, no_longer_authorized};
 use crate::domain::case::{Action, CaseState, Role, transition};
 use crate::domain::case::{CaseRecord, NewCase};
 use crate::domain::verify::{CaseFile, RequestForm, SUMS_NAME, verify};
@@ -64,6 +64,19 @@ impl Service {
                 blocked_reason,
             });
         }
+        if let Role::Requester { .. } = role {
+            // Their own request: its report and files were verified against
+            // their own user group's files only, so they may see all of it
+            // but the staging details.
+            return Ok(CaseView {
+                visible,
+                case,
+                files,
+                delivered: Vec::new(),
+                staging,
+                blocked_reason: blocked_reason.map(|_| "a file did not verify; workcopy staff have the details".to_string()),
+            });
+        }
         // A department sees what its mount shows: no GDB paths, no catalog
         // columns, no verification details (they can name other files).
         redact(&mut case);
@@ -118,6 +131,8 @@ impl Service {
             submitter: form.submitter.clone(),
             report,
             files,
+            opened_uid: actor.uid,
+            self_service: None,
         };
         self.store
             .create_case(case, NewEvent::new(actor, EventKind::Opened, details))
@@ -129,25 +144,47 @@ impl Service {
 
     pub(super) async fn case_approve(self: &Arc<Self>, role: &Role, actor: &Actor, case_ref: &str, host: Option<&str>) -> Response {
         let case = self.visible_case(role, case_ref).await?;
-        let facts = case.facts();
-        transition(role, Action::Approve, facts)?;
+        self.approve(role, actor, &case, host, json!({})).await?;
+        let case = self.visible_case(role, case_ref).await?;
+        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+    }
+
+    /// The one approval path, for staff (`case approve`) and for workcopy
+    /// under a department's `self_service = "auto"`: the state allows it,
+    /// `four_eyes` holds, rule 1 still holds; then the case is approved on
+    /// its serving host (`host`, else the department's first, else this
+    /// one) with `extra` added to its record, and staging starts there.
+    pub(super) async fn approve(
+        self: &Arc<Self>,
+        role: &Role,
+        actor: &Actor,
+        case: &CaseRecord,
+        host: Option<&str>,
+        extra: serde_json::Value,
+    ) -> Result<(), Refusal> {
+        transition(role, Action::Approve, case.facts())?;
+        if let Some(reason) = four_eyes_refusal(self.cfg.four_eyes, case.opened_uid, actor.uid, &case.case_ref) {
+            return Err(refuse(RefusalKind::Denied, format!("approval refused: {reason}")));
+        }
         let files = self.store.case_files(&case.case_ref).await?;
         // The directory may have changed since the case was opened: rule 1 must still hold.
         if let Some(reason) = no_longer_authorized(&self.directory(), case.department.as_deref(), &files) {
             return Err(refuse(RefusalKind::Failed, format!("approval refused: {reason}")));
         }
         let host = self.choose_host(case.department.as_deref(), host).await?;
-        let details = if self.cfg.shared_register() {
+        let mut details = if self.cfg.shared_register() {
             json!({"mode": self.cfg.mode.to_string(), "host": host})
         } else {
             json!({"mode": self.cfg.mode.to_string()})
         };
-        self.take_on(role, actor, &case, Action::Approve, Some(&host), details).await?;
+        if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        self.take_on(role, actor, case, Action::Approve, Some(&host), details).await?;
         if host == self.cfg.host {
             self.start_staging(case.case_ref.clone(), files)?;
         }
-        let case = self.visible_case(role, case_ref).await?;
-        Ok(Reply::Case(Box::new(self.view(role, case).await?)))
+        Ok(())
     }
 
     pub(super) async fn case_reject(&self, role: &Role, actor: &Actor, case_ref: &str, reason: &str) -> Response {

@@ -18,10 +18,12 @@ mod lifecycle;
 mod metrics;
 mod recovery;
 mod request;
+mod selfservice;
 
 pub use access_log::StoreAccessLog;
 pub use jobs::StagingJob;
 pub use metrics::{AUDIT_EVERY, AUDIT_FIRST, CheckedAt, Counters};
+pub use selfservice::find as find_files;
 
 use crate::audit::Actor;
 use crate::config::Config;

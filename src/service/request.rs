@@ -21,6 +21,7 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
         match e {
             StoreError::Exists(_) | StoreError::Conflict { .. } | StoreError::Busy(_) => refuse(RefusalKind::State, e.to_string()),
+            StoreError::TooManyRequests { .. } | StoreError::RequestsToday { .. } => refuse(RefusalKind::Limit, e.to_string()),
             StoreError::NoCase(_) => refuse(RefusalKind::NotFound, e.to_string()),
             StoreError::Catalog(_) => refuse(RefusalKind::Invalid, e.to_string()),
             StoreError::Db(_)
@@ -38,7 +39,7 @@ impl From<StoreError> for Refusal {
 impl From<TransitionError> for Refusal {
     fn from(e: TransitionError) -> Refusal {
         let kind = match e {
-            TransitionError::NotStaff(_) | TransitionError::NotOwner(_) => RefusalKind::Denied,
+            TransitionError::NotStaff(_) | TransitionError::NotOwner(_) | TransitionError::NotRequester(_) => RefusalKind::Denied,
             TransitionError::WrongState { .. } => RefusalKind::State,
             TransitionError::NotVerified => RefusalKind::Failed,
         };
@@ -54,26 +55,52 @@ pub(super) fn not_found(case_ref: &str) -> Refusal {
     refuse(RefusalKind::NotFound, format!("no case {case_ref}"))
 }
 
+/// The requests a requester may make; any other is refused.
+fn for_requesters(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::RequestOpen { .. }
+            | Request::RequestList
+            | Request::RequestShow { .. }
+            | Request::RequestCancel { .. }
+            | Request::CatalogSearch { .. }
+    )
+}
+
 impl Service {
+    /// Who the caller is: staff (root or `staff_group`), else a department's
+    /// transfer account, else a directory user whose `account` it is (one
+    /// uid has one role; the directory refuses a uid in both), else nobody.
     pub fn role(&self, c: &Caller) -> Role {
         if crate::domain::authz::is_staff(c.uid, c.gid, &c.groups, self.staff_gid) {
             return Role::Staff;
         }
-        match self.directory().department_of_uid(c.uid) {
-            Some(d) => Role::Transfer {
+        let dir = self.directory();
+        if let Some(d) = dir.department_of_uid(c.uid) {
+            return Role::Transfer {
                 department: d.id.to_string(),
+            };
+        }
+        match dir.requester_of_uid(c.uid) {
+            Some(r) => Role::Requester {
+                user: r.user.to_string(),
+                department: r.department.to_string(),
             },
             None => Role::Nobody,
         }
     }
 
-    /// The answer to a caller who is neither staff nor a transfer account.
+    /// The answer to a caller who is neither staff, a transfer account nor a requester.
     pub fn refuse_nobody(&self, caller: &Caller) -> Refusal {
-        warn!(uid = caller.uid, "refused: caller is neither staff nor a transfer account");
+        warn!(
+            uid = caller.uid,
+            "refused: caller is neither staff nor a transfer account nor a requester"
+        );
         refuse(
             RefusalKind::Denied,
             format!(
-                "permission denied: uid {} is neither workcopy staff nor a department's transfer account",
+                "permission denied: uid {} is neither workcopy staff nor a department's transfer account, nor a directory user's account \
+                 (to request files yourself, ask workcopy staff to add your account to the directory)",
                 caller.uid
             ),
         )
@@ -112,6 +139,19 @@ impl Service {
         fds: Vec<OwnedFd>,
         cancel: &Cancel,
     ) -> Response {
+        // A requester may use self-service and nothing else: every other
+        // request, known now or added later, is refused before it is looked at.
+        if let Role::Requester { user, .. } = role {
+            if !for_requesters(&req) {
+                return Err(refuse(
+                    RefusalKind::Denied,
+                    format!(
+                        "permission denied: {user} may use `workcopy request open|list|show|cancel` and `workcopy catalog search` only, not `{}`",
+                        req.name()
+                    ),
+                ));
+            }
+        }
         let staff_only = |what: &str| -> Result<(), Refusal> {
             if *role == Role::Staff {
                 Ok(())
@@ -175,6 +215,11 @@ impl Service {
                 staff_only("audit verify")?;
                 self.audit_verify().await
             }
+            Request::RequestOpen { case_ref, descriptors } => self.request_open(role, actor, case_ref, descriptors).await,
+            Request::RequestList => self.request_list(role).await,
+            Request::RequestShow { case_ref } => self.request_show(role, &case_ref).await,
+            Request::RequestCancel { case_ref } => self.request_cancel(role, actor, &case_ref).await,
+            Request::CatalogSearch { pattern, sample, since } => self.catalog_search(role, pattern, sample, since).await,
             Request::Metrics => {
                 staff_only("metrics")?;
                 self.metrics().await
@@ -214,7 +259,8 @@ impl Service {
         }
     }
 
-    /// The case, if the caller may know of it (others get the same answer as for no case).
+    /// The case, if the caller may know of it (others get the same answer as
+    /// for no case). A requester knows only their own requests (`request show`).
     pub(super) async fn visible_case(&self, role: &Role, case_ref: &str) -> Result<CaseRecord, Refusal> {
         let r = parse_ref(case_ref)?;
         let case = self.store.case(r.as_str()).await?.ok_or_else(|| not_found(r.as_str()))?;
@@ -223,5 +269,67 @@ impl Service {
             Role::Transfer { department } if case.department.as_deref() == Some(department.as_str()) => Ok(case),
             _ => Err(not_found(r.as_str())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A requester may search and request; everything else is refused
+    /// before it is looked at (a request added later too: the list is of
+    /// what is allowed).
+    #[test]
+    fn requesters_may_make_self_service_requests_only() {
+        let allowed = [
+            Request::RequestOpen {
+                case_ref: None,
+                descriptors: vec!["F1".into()],
+            },
+            Request::RequestList,
+            Request::RequestShow { case_ref: "R".into() },
+            Request::RequestCancel { case_ref: "R".into() },
+            Request::CatalogSearch {
+                pattern: None,
+                sample: None,
+                since: None,
+            },
+        ];
+        assert!(allowed.iter().all(for_requesters));
+        let refused = [
+            Request::Status,
+            Request::CatalogImport,
+            Request::CatalogShow { descriptor: "F1".into() },
+            Request::CaseApprove {
+                case_ref: "R".into(),
+                host: None,
+            },
+            Request::CaseReject {
+                case_ref: "R".into(),
+                reason: "x".into(),
+            },
+            Request::CaseConfirm {
+                case_ref: "R".into(),
+                sha256sums: String::new(),
+            },
+            Request::CaseClose {
+                case_ref: "R".into(),
+                force: true,
+                reason: None,
+            },
+            Request::CaseList { state: None },
+            Request::CaseShow { case_ref: "R".into() },
+            Request::CaseLog {
+                case_ref: "R".into(),
+                since: None,
+                limit: None,
+            },
+            Request::AuditVerify,
+            Request::Reload,
+            Request::Hosts,
+            Request::Metrics,
+            Request::Events { since: 0, follow: true },
+        ];
+        assert!(!refused.iter().any(for_requesters));
     }
 }

@@ -5,7 +5,8 @@
 //! service as systemd runs it (`systemd`) and the shipped unit under the real
 //! systemd booted as PID 1 in private namespaces (`systemd_boot`); hostile
 //! local accounts (`abuse`); a full disk, an unwritable database and damaged
-//! staged copies (`faults`); the CLI's output against checked-in snapshots
+//! staged copies (`faults`); requesters asking for their own group's files
+//! (`selfservice`); the CLI's output against checked-in snapshots
 //! (`snapshot`) and into a closed pipe (`cli_pipe`); the event feed (`feed`)
 //! and the support-system script that follows it (`notify`); the metrics and
 //! the alert rules, through Prometheus' `promtool` (`metrics`).
@@ -27,6 +28,7 @@ mod notify;
 mod pg;
 mod regional;
 mod register;
+mod selfservice;
 mod snapshot;
 mod systemd;
 mod systemd_boot;

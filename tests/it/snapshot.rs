@@ -1,7 +1,8 @@
 //! The CLI's output, human and `--json`, held against checked-in snapshots
 //! (`tests/it/snapshots/`): one case through its whole life, a case that
 //! fails verification, a case of another department, `status`, the catalog,
-//! the views of a transfer account and `audit verify`.
+//! the views of a transfer account, `audit verify`, and a requester's own
+//! requests and searches (self-service).
 //!
 //! What varies from run to run is replaced by placeholders (see
 //! [`Normaliser`]); everything else, keys and their order included, must stay
@@ -25,16 +26,33 @@ const CASE: &str = "NGC-2026-0100";
 const REFUSED: &str = "NGC-2026-0101";
 /// A case of another department (group B).
 const OTHER: &str = "NGC-2026-0102";
+/// A requester of DEPT-A1 (self-service), and their two requests.
+const REQUESTER: &str = "carol@a1.example";
+const REQUESTER_UID: u32 = 5001;
+const REQUEST: &str = "REQ-2026-0001";
+const REQUEST_REFUSED: &str = "REQ-2026-0002";
 
 #[test]
 fn cli_output_matches_the_snapshots() {
     // User space reads on every kernel, so `status` reads the same everywhere.
     // The output of one host on its own register (a shared register adds the
     // host to `status` and to approvals; tests/it/hosts.rs checks those).
-    let env = Env::ready_with(|o| {
+    let mut env = Env::with(|o| {
         o.extra_config = "passthrough = false\n".into();
         o.sqlite_only = true;
     });
+    // A requester of DEPT-A1, whose department's requests wait for staff.
+    env.write_directory(
+        &directory_toml(&format!(
+            "\n[[user]]\nid = \"{REQUESTER}\"\ndepartment = \"{DEPT_A1}\"\naccount = {REQUESTER_UID}\n"
+        ))
+        .replace(
+            &format!("transfer_account = {UID_A1}\n"),
+            &format!("transfer_account = {UID_A1}\nself_service = \"review\"\n"),
+        ),
+    );
+    env.start();
+    env.import_catalog();
     let mut snap = Snapshots::new(&env);
     let a1 = Who::Dept(UID_A1);
     let catalog = env.catalog.display().to_string();
@@ -88,7 +106,7 @@ fn cli_output_matches_the_snapshots() {
     snap.step("status-human", Who::Root, &["status"], None, 0);
 
     snap.step("case-list", Who::Staff, &["case", "list", "--json"], None, 0);
-    snap.step("case-list-human", Who::Root, &["case", "list"], None, 0);
+    snap.step_table("case-list-human", Who::Root, &["case", "list"], 0);
     snap.step("case-list-transfer", a1, &["case", "list", "--json"], None, 0);
     snap.step("case-show-transfer", a1, &["case", "show", CASE, "--json"], None, 0);
     snap.step("case-show-transfer-other", a1, &["case", "show", OTHER], None, 1);
@@ -126,6 +144,34 @@ fn cli_output_matches_the_snapshots() {
         None,
         0,
     );
+
+    // A requester: searches their group's files, requests, follows, cancels.
+    let me = Who::Dept(REQUESTER_UID);
+    snap.step("catalog-search", me, &["catalog", "search", "*.fastq*"], None, 0);
+    snap.step(
+        "catalog-search-sample",
+        me,
+        &["catalog", "search", "--sample", "SAMPLE-004", "--json"],
+        None,
+        0,
+    );
+    snap.step(
+        "catalog-search-other-group",
+        me,
+        &["catalog", "search", "--sample", "SAMPLE-007"],
+        None,
+        0,
+    );
+    let request = ["request", "open", "--ref", REQUEST, "GDB-0002", "sample two R1.fastq"];
+    snap.step("request-open", me, &request, None, 0);
+    let refused = ["request", "open", "--ref", REQUEST_REFUSED, "GDB-0001", "B1.spring"];
+    snap.step("request-open-refused", me, &refused, None, 1);
+    snap.step("request-list", me, &["request", "list"], None, 0);
+    snap.step("request-show", me, &["request", "show", REQUEST, "--json"], None, 0);
+    snap.step("request-show-human", me, &["request", "show", REQUEST], None, 0);
+    snap.step_table("case-list-requests", Who::Root, &["case", "list", "--state", "open"], 0);
+    snap.step("request-cancel", me, &["request", "cancel", REQUEST_REFUSED], None, 0);
+    snap.step("request-denied", me, &["case", "approve", REQUEST], None, 1);
 
     snap.finish();
 }
