@@ -91,12 +91,17 @@ impl Service {
         let hosts = self.store.hosts().await?;
         let now = crate::unix::now_secs();
         match hosts.iter().find(|h| h.beat.name == host) {
+            // This host, before its first heartbeat.
+            None if host == self.cfg.host => Ok(()),
             None => Err(refuse(
                 RefusalKind::NotFound,
                 format!("no host {host} in the register (see `workcopy hosts`)"),
             )),
             Some(h) => match h.liveness(now) {
                 Liveness::Up => Ok(()),
+                // This host answers the request: it is up, however late its
+                // last heartbeat on a loaded machine.
+                Liveness::Down if host == self.cfg.host => Ok(()),
                 Liveness::Retired => Err(refuse(RefusalKind::State, format!("host {host} is retired"))),
                 Liveness::Down => Err(refuse(
                     RefusalKind::State,
