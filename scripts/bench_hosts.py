@@ -13,48 +13,15 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import MiB, STAFF_GID, XFER_UID, run, sha256, write_random  # noqa: E402
+from bench import MiB, XFER_UID, Daemon, run, sha256, write_random  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class Host:
-    """A workcopy daemon with its own state, mount and socket, on the shared register."""
-
-    def __init__(self, bin_, base, gdb, name, url):
-        self.bin = bin_
-        self.dir = os.path.join(base, name)
-        self.mnt = os.path.join(self.dir, "mnt")
-        self.sock = os.path.join(self.dir, "control.sock")
-        os.makedirs(self.mnt)
-        os.chmod(self.dir, 0o755)
-        self.config = os.path.join(self.dir, "workcopy.toml")
-        with open(self.config, "w") as f:
-            f.write(
-                f'gdb_root = "{gdb}"\nstate_dir = "{self.dir}/state"\nmount_point = "{self.mnt}"\n'
-                f'socket = "{self.sock}"\ndirectory = "{base}/directory.toml"\nstaff_group = {STAFF_GID}\n'
-                f'mode = "direct"\ndatabase_url = "{url}"\nhost = "{name}"\nheartbeat = "1s"\n'
-            )
-        self.log = open(os.path.join(self.dir, "daemon.log"), "w")
-        self.proc = subprocess.Popen([self.bin, "--config", self.config, "serve"], stderr=self.log, stdout=self.log)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                s = socket.socket(socket.AF_UNIX)
-                s.connect(self.sock)
-                s.close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit(f"daemon {name} did not start; see {self.dir}/daemon.log")
-
-    def cli(self, *args):
-        return run([self.bin, "--config", self.config, *args], capture_output=True, text=True)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+def host(bin_, base, gdb, name, url):
+    """A daemon with its own state, mount and socket, on the shared register."""
+    return Daemon(bin_, base, gdb, name, "direct", True,
+                  extra=f'database_url = "{url}"\nhost = "{name}"\nheartbeat = "1s"\n')
 
 
 def listable(path, n, deadline):
@@ -111,14 +78,14 @@ def main():
         with open(os.path.join(base, "directory.toml"), "w") as f:
             f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
                     '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
-        a = Host(args.bin, base, gdb, "host-a", url)
+        a = host(args.bin, base, gdb, "host-a", url)
         hosts.append(a)
-        b = Host(args.bin, base, gdb, "host-b", url)
+        b = host(args.bin, base, gdb, "host-b", url)
         hosts.append(b)
-        a.cli("catalog", "import", os.path.join(base, "catalog.tsv"))
+        a.cli("catalog", "import", os.path.join(base, "catalog.tsv"), capture=True)
         deadline = time.time() + 20
         while time.time() < deadline:
-            up = [h["name"] for h in json.loads(a.cli("hosts", "--json").stdout) if h["state"] == "up"]
+            up = [h["name"] for h in json.loads(a.cli("hosts", "--json", capture=True).stdout) if h["state"] == "up"]
             if up == ["host-a", "host-b"]:
                 break
             time.sleep(0.2)
@@ -131,14 +98,14 @@ def main():
         for i in range(args.runs):
             for variant, (asked, serving) in (("remote", (a, b)), ("local", (b, b))):
                 ref = f"{variant.upper()}{i}"
-                asked.cli("case", "open", ref, "--requester", "bench@example", *small)
+                asked.cli("case", "open", ref, "--requester", "bench@example", *small, capture=True)
                 t = time.perf_counter()
-                asked.cli("case", "approve", ref, "--host", "host-b", "--no-wait")
+                asked.cli("case", "approve", ref, "--host", "host-b", "--no-wait", capture=True)
                 done = listable(os.path.join(serving.mnt, ref), 21, t + 30)
                 if done is None:
                     raise SystemExit(f"{ref} not listable on host-b within 30 s")
                 lat[variant].append(done - t)
-                serving.cli("case", "close", ref, "--force", "--reason", "benchmark")
+                serving.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
         res = {}
         for k, v in lat.items():
             res[k] = {"median_ms": statistics.median(v) * 1e3, "p99_ms": percentile(v, 0.99) * 1e3,
