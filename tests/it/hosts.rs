@@ -204,8 +204,10 @@ fn a_dead_host_s_case_moves_and_the_host_cleans_up_when_it_returns() {
     p.b.cli(&["host", "retire", "host-a", "--reason", "disk controller failed"]).ok();
     assert_eq!(host_state(&p.b, "host-a"), "retired");
     assert!(
-        wait_until(Duration::from_secs(10), || events_of(&p.b, "RETIRE-1", "sealed").len() == 1),
-        "host-b did not seal the retired host's case"
+        wait_until(Duration::from_secs(10), || {
+            events_of(&p.b, "RETIRE-1", "sealed").len() == 1 && p.b.sealed_log("RETIRE-1").exists()
+        }),
+        "host-b did not seal the retired host's case (the record, then the file)"
     );
     let seal = &events_of(&p.b, "RETIRE-1", "sealed")[0];
     assert_eq!(seal["details"]["serving_host_retired"]["host"], "host-a", "{seal}");
