@@ -405,6 +405,14 @@ impl Service {
                 }
             }
             s if mine && s.is_visible() && !published && !staging => {
+                // Kept out of the mount on purpose (its log's last record
+                // says why): not verified again every pass, only after a
+                // move or a restart.
+                if matches!(self.last_record(case_ref, case.event_count).await,
+                    Ok(Some(e)) if e.kind() == Some(EventKind::Hidden))
+                {
+                    return;
+                }
                 let _visibility = self.visibility.lock().await;
                 if self.exports.get(case_ref).is_some() || crate::sync::lock(&self.jobs).contains_key(case_ref) {
                     return;
