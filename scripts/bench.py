@@ -15,6 +15,8 @@ import time
 XFER_UID = 64101
 STAFF_GID = 64100
 MiB = 1 << 20
+# How long a round waits for the machine to be idle (none with --quick, which measures nothing).
+QUIET_WAIT = 60
 
 
 def run(cmd, **kw):
@@ -112,15 +114,70 @@ def settle():
     time.sleep(0.5)
 
 
+class CpuWatch:
+    """CPU time the rest of the machine used while one timed step ran: all
+    CPU time, less this script's, its children's and the daemon's."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, daemon_pid):
+        self.pid = daemon_pid
+        self.start = self._foreign()
+
+    @staticmethod
+    def busy():
+        """CPU seconds all processes used since boot."""
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / CpuWatch.TICK
+
+    def _daemon(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / self.TICK
+
+    def _foreign(self):
+        t = os.times()
+        return self.busy() - self._daemon() - (t.user + t.system + t.children_user + t.children_system)
+
+    def foreign_cores(self, seconds):
+        return (self._foreign() - self.start) / seconds
+
+
+def disk_bytes():
+    """Bytes read and written by all whole disks since boot."""
+    total = 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            v = line.split()
+            if os.path.exists(f"/sys/block/{v[2]}/device"):
+                total += (int(v[5]) + int(v[9])) * 512
+    return total
+
+
+def wait_quiet(limit):
+    """Waits until the whole machine used under 0.15 cores and its disks
+    moved under 20 MB/s for 2 s, for at most `limit` seconds."""
+    deadline = time.time() + min(limit, QUIET_WAIT)
+    while time.time() < deadline:
+        cpu, disk = CpuWatch.busy(), disk_bytes()
+        time.sleep(2)
+        if (CpuWatch.busy() - cpu) / 2 < 0.15 and (disk_bytes() - disk) / 2 < 20e6:
+            return True
+    return False
+
+
 def immutable(path, on):
     """Direct mode serves only files that cannot change: the GDB is made immutable while measured."""
     run(["chattr", "-R", "+i" if on else "-i", path], stderr=subprocess.DEVNULL)
 
 
 def alternate(runs, variants):
-    """Runs each variant once per round, round after round; returns medians."""
+    """Runs each variant once per round, round after round (each round once
+    the machine is idle, or after a minute); returns medians."""
     times = {name: [] for name in variants}
     for _ in range(runs):
+        wait_quiet(60)
         for name, fn in variants.items():
             settle()
             times[name].append(timed(fn))
@@ -132,6 +189,8 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the script, measures nothing")
+    ap.add_argument("--compare-bin", help="another workcopy binary (say, the previous release) run as one more "
+                    "variant of the staged and verify sections, in the same run")
     ap.add_argument("--only", default="read,rsync,staged,verify,listable,list1000",
                     help="comma-separated sections to run (default: all of read,rsync,staged,verify,listable,list1000)")
     args = ap.parse_args()
@@ -140,6 +199,9 @@ def main():
     verify_file = (4 if args.quick else 256) * MiB
     only = set(args.only.split(","))
     runs = 2 if args.quick else args.runs
+    if args.quick:
+        global QUIET_WAIT
+        QUIET_WAIT = 0
 
     base = tempfile.mkdtemp(prefix="workcopy-bench.", dir=os.environ.get("TMPDIR", "/var/tmp"))
     os.chmod(base, 0o755)
@@ -149,7 +211,7 @@ def main():
     results = {}
     gdb = os.path.join(base, "gdb")
     try:
-        print(f"generating {big // MiB} MiB + 20 x {case_file // MiB} MiB + 20 x 1 MiB + 1000 small files in {gdb}", flush=True)
+        print(f"generating {big // MiB if 'read' in only else 0} MiB + 20 x {case_file // MiB} MiB + 20 x 1 MiB + 1000 small files in {gdb}", flush=True)
         rows = []
         def add(fid, rel, size, tiny=False):
             p = os.path.join(gdb, rel)
@@ -160,7 +222,8 @@ def main():
             else:
                 write_random(p, size)
             rows.append((fid, rel, os.path.getsize(p), sha256(p)))
-        add("BIG", "big/sample.fastq", big)
+        if "read" in only:
+            add("BIG", "big/sample.fastq", big)
         for i in range(20):
             add(f"C{i:02d}", f"case/S{i:02d}_R1.fastq.gz", case_file)
         for i in range(20):
@@ -189,11 +252,18 @@ def main():
         # The same, verifying one file after the other.
         staged1 = Daemon(args.bin, base, gdb, "staged-1-worker", "staged", True, "verify_workers = 1\n")
         daemons.append(staged1)
+        compare = {}
+        if args.compare_bin:
+            for mode in ("staged", "direct"):
+                compare[mode] = Daemon(args.compare_bin, base, gdb, f"compare-{mode}", mode, True)
+                daemons.append(compare[mode])
         workers = {}
         if "verify" in only:
             for n in (1, 2, 4):
                 workers[n] = Daemon(args.bin, base, gdb, f"direct-{n}-workers", "direct", True, f"verify_workers = {n}\n")
                 daemons.append(workers[n])
+            if compare:
+                workers["compare"] = compare["direct"]
         for d in daemons:
             d.cli("catalog", "import", os.path.join(base, "catalog.tsv"), capture=True)
         print("read paths:", direct_pt.status()["read_path"], "|", direct_us.status()["read_path"], flush=True)
@@ -265,39 +335,62 @@ def main():
                 run(["cp", "-r", os.path.join(gdb, "case"), copy_dir])
                 run(["sh", "-c", f"openssl dgst -sha256 {copy_dir}/* > /dev/null && sync {copy_dir}/*"])
                 shutil.rmtree(copy_dir)
-            med, _ = alternate(max(3, runs - 2), {
+            med, all_runs = alternate(max(3, runs - 2), {
                 "cp+openssl": cp_hash, "cp+openssl+sync": cp_hash_sync,
                 "approve": approve_on(staged), "approve_1_worker": approve_on(staged1),
+                **({"approve_compare_bin": approve_on(compare["staged"])} if compare else {}),
             })
             results["staged_approval"] = {
-                k: {"seconds": v, "ratio": med["cp+openssl"] / v, "ratio_to_durable": med["cp+openssl+sync"] / v} for k, v in med.items()
+                k: {"seconds": v, "ratio": med["cp+openssl"] / v, "ratio_to_durable": med["cp+openssl+sync"] / v, "runs": all_runs[k]}
+                for k, v in med.items()
             }
 
         if "verify" in only:
             # 4. Direct-mode approval of a 20-file case (page cache warm): the
             # pool of workers against one file at a time (verify_workers = 1),
-            # and against more workers than this machine has cores.
+            # and against more workers than this machine has cores. Scaling
+            # needs the cores: each round waits (up to a minute) for the
+            # machine to be idle, and a round in which other processes took
+            # more than a fifth of a core is measured again (at most 4 x runs rounds).
             verify_ids = [f"V{i:02d}" for i in range(20)]
             for i in range(20):
                 read_file(os.path.join(gdb, f"verify/S{i:02d}_R1.fastq.gz"), bs=4 * MiB)
             times = {n: [] for n in workers}
             k = 0
-            for r in range(runs + 1):
+            rounds = noisy = 0
+            while min(len(v) for v in times.values()) < runs and rounds < 4 * runs + 1:
+                rounds += 1
+                wait_quiet(60)
+                this_round = {}
+                foreign = 0.0
                 for n, d in workers.items():
                     k += 1
                     ref = f"VER{k}"
                     d.cli("case", "open", ref, "--requester", "bench@example", *verify_ids, capture=True)
                     settle()
+                    watch = CpuWatch(d.proc.pid)
                     t = timed(lambda: d.cli("case", "approve", ref, capture=True))
+                    foreign = max(foreign, watch.foreign_cores(t))
                     d.cli("case", "close", ref, "--force", "--reason", "benchmark", capture=True)
-                    if r > 0:  # the first round warms up
-                        times[n].append(t)
+                    this_round[n] = t
+                if rounds == 1:
+                    continue  # the first round warms up
+                if foreign > 0.2 and not args.quick:
+                    noisy += 1
+                    print(f"round {rounds}: other processes used {foreign:.2f} cores; measured again", flush=True)
+                    continue
+                for n, t in this_round.items():
+                    times[n].append(t)
+            if min(len(v) for v in times.values()) == 0:
+                raise SystemExit("the machine was never quiet enough to measure the verification pool")
             total = 20 * verify_file
             med = {n: statistics.median(v) for n, v in times.items()}
             results["direct_approval"] = {
-                f"{n}_workers": {"seconds": med[n], "GB/s": total / med[n] / 1e9, "speedup": med[1] / med[n], "runs": times[n]}
+                (f"{n}_workers" if n != "compare" else "compare_bin"): {
+                    "seconds": med[n], "GB/s": total / med[n] / 1e9, "speedup": med[1] / med[n], "runs": times[n]}
                 for n in workers
             }
+            results["direct_approval"]["noisy_rounds_dropped"] = noisy
 
         if "listable" in only:
             # 5. Time from `approve --no-wait` to a 20 x 1 MiB case being listable (direct mode).
@@ -352,11 +445,13 @@ def main():
             sa = r["staged_approval"]
             print(f"staged approval vs cp -r + openssl dgst: {sa['approve']['ratio']:.2f}, vs the same with the copies synced: {sa['approve']['ratio_to_durable']:.2f} (>1 is faster); "
                   f"approve {sa['approve']['seconds']:.2f}s, baselines {sa['cp+openssl']['seconds']:.2f}s / {sa['cp+openssl+sync']['seconds']:.2f}s; "
-                  f"with verify_workers = 1: {sa['approve_1_worker']['ratio']:.2f} ({sa['approve_1_worker']['seconds']:.2f}s)")
+                  f"with verify_workers = 1: {sa['approve_1_worker']['ratio']:.2f} ({sa['approve_1_worker']['seconds']:.2f}s)"
+                  + (f"; --compare-bin: {sa['approve_compare_bin']['ratio']:.2f} ({sa['approve_compare_bin']['seconds']:.2f}s)" if "approve_compare_bin" in sa else ""))
         if "direct_approval" in r:
             da = r["direct_approval"]
             print(f"direct-mode approval of 20 x {verify_file // MiB} MiB (page cache warm), speedup over verify_workers = 1 ({da['1_workers']['seconds']:.2f}s): "
-                  + ", ".join(f"{k.replace('_', ' ')} {v['speedup']:.2f} ({v['seconds']:.2f}s, {v['GB/s']:.2f} GB/s)" for k, v in da.items()))
+                  + ", ".join(f"{k.replace('_', ' ')} {v['speedup']:.2f} ({v['seconds']:.2f}s, {v['GB/s']:.2f} GB/s)" for k, v in da.items() if isinstance(v, dict))
+                  + f"; {da['noisy_rounds_dropped']} noisy round(s) measured again")
         if "approve_to_listable_ms" in r:
             print(f"approve --no-wait to listable (20 x 1 MiB, direct): median {r['approve_to_listable_ms']['median']:.1f} ms, max {r['approve_to_listable_ms']['max']:.1f} ms")
         if "list_1000_cases_ms" in r:
