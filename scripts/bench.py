@@ -167,6 +167,18 @@ def wait_quiet(limit):
     return False
 
 
+def write_catalog_and_directory(base, rows):
+    """`base`/catalog.tsv of `rows` (file_id, path, size, sha256), all of
+    department BENCH, and `base`/directory.toml naming it."""
+    with open(os.path.join(base, "catalog.tsv"), "w") as f:
+        f.write("file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n")
+        for fid, rel, size, digest in rows:
+            f.write(f"{fid}\t{rel}\tBENCH\t{size}\t{digest}\t2025-03-01T10:00:00Z\n")
+    with open(os.path.join(base, "directory.toml"), "w") as f:
+        f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
+                '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
+
+
 def immutable(path, on):
     """Direct mode serves only files that cannot change: the GDB is made immutable while measured."""
     run(["chattr", "-R", "+i" if on else "-i", path], stderr=subprocess.DEVNULL)
@@ -234,13 +246,7 @@ def main():
             print(f"generating 20 x {verify_file // MiB} MiB for the verification section", flush=True)
             for i in range(20):
                 add(f"V{i:02d}", f"verify/S{i:02d}_R1.fastq.gz", verify_file)
-        with open(os.path.join(base, "catalog.tsv"), "w") as f:
-            f.write("file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n")
-            for fid, rel, size, digest in rows:
-                f.write(f"{fid}\t{rel}\tBENCH\t{size}\t{digest}\t2025-03-01T10:00:00Z\n")
-        with open(os.path.join(base, "directory.toml"), "w") as f:
-            f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
-                    '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
+        write_catalog_and_directory(base, rows)
 
         immutable(gdb, True)
         direct_pt = Daemon(args.bin, base, gdb, "direct-passthrough", "direct", True)

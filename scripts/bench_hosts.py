@@ -13,7 +13,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import MiB, XFER_UID, Daemon, run, sha256, write_random  # noqa: E402
+from bench import MiB, Daemon, immutable, run, sha256, write_catalog_and_directory, write_random  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,15 +69,8 @@ def main():
             write_random(p, MiB)
             files.append(p)
             rows.append((f"M{i:02d}", rel, MiB, sha256(p)))
-        # Direct mode serves only files that cannot change.
-        run(["chattr", "+i", *files])
-        with open(os.path.join(base, "catalog.tsv"), "w") as f:
-            f.write("file_id\tpath\tdepartment\tsize\tsha256\tsubmitted_at\n")
-            for fid, rel, size, digest in rows:
-                f.write(f"{fid}\t{rel}\tBENCH\t{size}\t{digest}\t2025-03-01T10:00:00Z\n")
-        with open(os.path.join(base, "directory.toml"), "w") as f:
-            f.write(f'[[group]]\nid = "g"\n[[department]]\nid = "BENCH"\nname = "Bench"\ngroup = "g"\ntransfer_account = {XFER_UID}\n'
-                    '[[user]]\nid = "bench@example"\ndepartment = "BENCH"\n')
+        immutable(gdb, True)
+        write_catalog_and_directory(base, rows)
         a = host(args.bin, base, gdb, "host-a", url)
         hosts.append(a)
         b = host(args.bin, base, gdb, "host-b", url)
@@ -121,7 +114,7 @@ def main():
             except Exception as e:  # keep cleaning up
                 print(f"stopping a daemon: {e}", file=sys.stderr)
         if files:
-            subprocess.run(["chattr", "-i", *files])
+            immutable(os.path.join(base, "gdb"), False)
         subprocess.run([os.path.join(HERE, "pg-test-server"), "stop", pg_dir])
         for h in hosts:
             subprocess.run(["umount", "-l", h.mnt], stderr=subprocess.DEVNULL)

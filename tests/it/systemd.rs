@@ -23,32 +23,8 @@ fn the_unit_verifies_and_its_exposure_stays_low() {
     let unit = std::fs::read_to_string(UNIT).unwrap().replace("/usr/local/bin/workcopy", BIN);
     let path = tmp.path().join("workcopy.service");
     std::fs::write(&path, unit).unwrap();
-    let man = tmp.path().join("man/man1");
-    assert!(Command::new(BIN).arg("man").arg(&man).status().unwrap().success());
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .env("MANPATH", tmp.path().join("man"))
-        .env("SYSTEMD_LOG_LEVEL", "notice")
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
-
-    let out = Command::new("systemd-analyze")
-        .args(["security", "--offline=true"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("{text}"));
-    let level: f64 = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    verify_units(tmp.path(), &[&path]);
+    let (level, line) = exposure(&path);
     assert!(level <= 4.0, "exposure {level} (was 3.7): {line}");
     // No option that would put the daemon in its own mount namespace.
     for opt in [
@@ -77,33 +53,8 @@ fn the_metrics_units_verify_and_are_hardened() {
     std::fs::write(&service, text.replace("/usr/local/bin/workcopy", BIN)).unwrap();
     let timer = tmp.path().join("workcopy-metrics.timer");
     std::fs::copy(dir.join("workcopy-metrics.timer"), &timer).unwrap();
-    let man = tmp.path().join("man/man1");
-    assert!(Command::new(BIN).arg("man").arg(&man).status().unwrap().success());
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&service)
-        .arg(&timer)
-        .env("MANPATH", tmp.path().join("man"))
-        .env("SYSTEMD_LOG_LEVEL", "notice")
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
-
-    let out = Command::new("systemd-analyze")
-        .args(["security", "--offline=true"])
-        .arg(&service)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("{text}"));
-    let level: f64 = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    verify_units(tmp.path(), &[&service, &timer]);
+    let (level, line) = exposure(&service);
     assert!(level <= 1.5, "exposure {level} (was 0.9): {line}");
 
     let unit = std::fs::read_to_string(dir.join("workcopy-metrics.service")).unwrap();
@@ -406,4 +357,43 @@ fn status_follows_every_state_change_at_once() {
     wait_for("1 exported, 0 awaiting approval, 0 staging");
     env.cli(&["case", "close", "ST-1", "--force", "--reason", "withdrawn"]).ok();
     wait_for("0 exported, 0 awaiting approval, 0 staging");
+}
+
+/// `systemd-analyze verify` of `units` says nothing and succeeds (with the
+/// manual pages the units name written under `dir`).
+#[track_caller]
+fn verify_units(dir: &Path, units: &[&Path]) {
+    let man = dir.join("man/man1");
+    assert!(Command::new(BIN).arg("man").arg(&man).status().unwrap().success());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units)
+        .env("MANPATH", dir.join("man"))
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
+}
+
+/// The overall exposure level `systemd-analyze security --offline` gives a
+/// unit file, and the line that says it.
+#[track_caller]
+fn exposure(unit: &Path) -> (f64, String) {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string();
+    let level: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    (level, line)
 }
