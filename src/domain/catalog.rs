@@ -8,7 +8,6 @@
 
 use crate::names::{CatalogPath, DirId, FileId};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::BufRead;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -114,6 +113,8 @@ impl RowErrors {
 
 struct Columns {
     idx: [usize; 6],
+    /// Extra columns (field index, name), sorted by name as `extra` keeps
+    /// them, each name already a JSON string.
     extra: Vec<(usize, String)>,
     sample_id: Option<usize>,
     count: usize,
@@ -150,20 +151,39 @@ fn parse_header(line: &str) -> Result<Columns, CatalogError> {
             REQUIRED.join(" ")
         )));
     }
+    extra.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(Columns {
         sample_id: extra.iter().find(|(_, n)| n == SAMPLE_ID).map(|(i, _)| *i),
         idx,
-        extra,
+        extra: extra
+            .into_iter()
+            .map(|(i, name)| (i, serde_json::Value::String(name).to_string()))
+            .collect(),
         count: names.len(),
     })
 }
 
-fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bool) -> Result<(CatalogFile, Option<String>), String> {
-    let fields: Vec<&str> = line.split('\t').collect();
+fn parse_row(
+    cols: &Columns,
+    line: &str,
+    fields: &mut Vec<(usize, usize)>,
+    known_department: &dyn Fn(&DirId) -> bool,
+) -> Result<(CatalogFile, Option<String>), String> {
+    fields.clear();
+    let mut start = 0;
+    for i in memchr::memchr_iter(b'\t', line.as_bytes()) {
+        fields.push((start, i));
+        start = i + 1;
+    }
+    fields.push((start, line.len()));
     if fields.len() != cols.count {
         return Err(format!("has {} field(s), the header has {}", fields.len(), cols.count));
     }
-    let get = |k: usize| fields[cols.idx[k]];
+    let field = |i: usize| {
+        let (a, b) = fields[i];
+        &line[a..b]
+    };
+    let get = |k: usize| field(cols.idx[k]);
     let file_id = FileId::parse(get(0)).map_err(|e| e.to_string())?;
     let path = CatalogPath::parse(get(1)).map_err(|e| e.to_string())?;
     let department = DirId::parse(get(2)).map_err(|e| format!("department: {e}"))?;
@@ -183,17 +203,8 @@ fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bo
         return Err(format!("sha256 {:?} is not 64 hexadecimal digits", truncate(sha)));
     }
     let submitted_ns = parse_rfc3339_ns(get(5)).map_err(|e| format!("submitted_at: {e}"))?;
-    let extra = if cols.extra.is_empty() {
-        String::new()
-    } else {
-        let map: serde_json::Map<String, serde_json::Value> = cols
-            .extra
-            .iter()
-            .map(|(i, name)| (name.clone(), serde_json::Value::String(fields[*i].to_string())))
-            .collect();
-        serde_json::Value::Object(map).to_string()
-    };
-    let sample_id = cols.sample_id.map(|i| fields[i]).filter(|s| !s.is_empty()).map(String::from);
+    let extra = extra_json(cols.extra.iter().map(|(i, key)| (key.as_str(), field(*i))));
+    let sample_id = cols.sample_id.map(field).filter(|s| !s.is_empty()).map(String::from);
     Ok((
         CatalogFile {
             file_id,
@@ -206,6 +217,28 @@ fn parse_row(cols: &Columns, line: &str, known_department: &dyn Fn(&DirId) -> bo
         },
         sample_id,
     ))
+}
+
+/// The extra columns as one JSON object, compact, keys in the order given
+/// (each already a JSON string): what serde_json writes for a map of them.
+/// Empty when there are none.
+fn extra_json<'a>(columns: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> String {
+    if columns.len() == 0 {
+        return String::new();
+    }
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    for (n, (key, value)) in columns.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(key.as_bytes());
+        out.push(b':');
+        // Writing a &str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, value);
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn truncate(s: &str) -> String {
@@ -247,7 +280,7 @@ fn next_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<R
 }
 
 fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 /// What an import changed.
@@ -260,16 +293,41 @@ pub struct ImportSummary {
     pub catalog_files: u64,
 }
 
+/// Rows a parser hands on at a time.
+pub const BATCH_ROWS: usize = 4096;
+
 /// Parses and validates a whole catalog. Every bad row is counted and the
 /// first [`MAX_REPORTED`] are listed with their line numbers; any bad row
 /// makes the whole file an error.
 pub fn parse_catalog(reader: &mut dyn BufRead, known_department: &dyn Fn(&DirId) -> bool) -> Result<Vec<CatalogRow>, CatalogError> {
+    let mut rows = Vec::new();
+    parse_catalog_batches(reader, known_department, &mut |batch| {
+        rows.extend(batch);
+        true
+    })?;
+    Ok(rows)
+}
+
+/// As [`parse_catalog`], handing the rows on in batches of [`BATCH_ROWS`]
+/// as it reads, so that they can be stored while the rest is parsed. No
+/// file_id and no path comes twice. After the first bad row nothing more is
+/// handed on, but the rest is still read for its errors: only an `Ok` says
+/// the rows handed on are the whole catalog. `sink` returns false to stop
+/// the parse (its receiver gave up), which then fails.
+pub fn parse_catalog_batches(
+    reader: &mut dyn BufRead,
+    known_department: &dyn Fn(&DirId) -> bool,
+    sink: &mut dyn FnMut(Vec<CatalogRow>) -> bool,
+) -> Result<u64, CatalogError> {
     let mut buf = Vec::with_capacity(512);
+    let mut fields = Vec::with_capacity(16);
     let mut lineno = 0usize;
     let mut cols: Option<Columns> = None;
-    let mut rows = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut count = 0u64;
     let mut errors = RowErrors::default();
-    let mut first_seen: HashMap<FileId, usize> = HashMap::new();
+    let mut distinct = Distinct::default();
+    let stopped = || CatalogError::Io("the import was stopped".into());
     loop {
         let status = next_line(reader, &mut buf).map_err(|e| CatalogError::Io(e.to_string()))?;
         let Some(status) = status else { break };
@@ -298,28 +356,91 @@ pub fn parse_catalog(reader: &mut dyn BufRead, known_department: &dyn Fn(&DirId)
         if line.is_empty() {
             continue;
         }
-        match parse_row(c, line, known_department) {
-            Ok((file, sample_id)) => {
-                if let Some(first) = first_seen.get(&file.file_id) {
-                    errors.push(lineno, format!("file_id {} is already on line {first}", file.file_id));
-                    continue;
-                }
-                first_seen.insert(file.file_id.clone(), lineno);
-                if errors.is_empty() {
-                    rows.push(CatalogRow {
-                        line: lineno,
-                        file,
-                        sample_id,
-                    });
+        let row = parse_row(c, line, &mut fields, known_department).and_then(|(file, sample_id)| {
+            let row = CatalogRow {
+                line: lineno,
+                file,
+                sample_id,
+            };
+            distinct.check(&row).map(|()| row)
+        });
+        match row {
+            Ok(row) if errors.is_empty() => {
+                batch.push(row);
+                count += 1;
+                if batch.len() == BATCH_ROWS && !sink(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS))) {
+                    return Err(stopped());
                 }
             }
+            Ok(_) => {}
             Err(m) => errors.push(lineno, m),
         }
     }
     if cols.is_none() {
         return Err(CatalogError::Header("the file is empty; it needs a header line".into()));
     }
-    errors.into_result(rows)
+    errors.into_result(())?;
+    if !batch.is_empty() && !sink(batch) {
+        return Err(stopped());
+    }
+    Ok(count)
+}
+
+/// Remembers the file_ids and paths of an import's rows, and refuses a row
+/// that repeats one: a catalog describes each file once, on a path of its own.
+#[derive(Default)]
+pub struct Distinct {
+    ids: KeySet,
+    paths: KeySet,
+}
+
+impl Distinct {
+    /// Records `row`, or says which earlier line has its file_id or path.
+    pub fn check(&mut self, row: &CatalogRow) -> Result<(), String> {
+        let (id, path) = (row.file.file_id.as_str(), row.file.path.as_str());
+        let id_hash = self.ids.hash(id);
+        if let Some(first) = self.ids.line_of(id, id_hash) {
+            return Err(format!("file_id {id} is already on line {first}"));
+        }
+        let path_hash = self.paths.hash(path);
+        if let Some(first) = self.paths.line_of(path, path_hash) {
+            return Err(format!("path {path:?} is already on line {first}"));
+        }
+        self.ids.insert(id, id_hash, row.line);
+        self.paths.insert(path, path_hash, row.line);
+        Ok(())
+    }
+}
+
+/// Strings with the line each came on, kept end to end in one buffer: a
+/// million keys cost a few large allocations rather than a million small ones.
+#[derive(Default)]
+struct KeySet {
+    text: String,
+    /// (hash, start in `text`, length, line)
+    table: hashbrown::HashTable<(u64, usize, usize, usize)>,
+    state: foldhash::fast::RandomState,
+}
+
+impl KeySet {
+    /// foldhash is several times faster than the standard library's SipHash
+    /// on these keys and still seeded per process; the catalog comes from the
+    /// GDB's own staff.
+    fn hash(&self, key: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.state, key)
+    }
+
+    fn line_of(&self, key: &str, hash: u64) -> Option<usize> {
+        self.table
+            .find(hash, |&(_, start, len, _)| &self.text[start..start + len] == key)
+            .map(|&(_, _, _, line)| line)
+    }
+
+    fn insert(&mut self, key: &str, hash: u64, line: usize) {
+        let start = self.text.len();
+        self.text.push_str(key);
+        self.table.insert_unique(hash, (hash, start, key.len(), line), |&(h, ..)| h);
+    }
 }
 
 #[cfg(test)]
@@ -429,7 +550,76 @@ mod tests {
         assert!(matches!(parse(&text), Ok(r) if r[0].file.sha256 == SHA));
     }
 
+    #[test]
+    fn a_path_given_twice_names_its_first_line() {
+        let mut text = HEAD.to_string();
+        text += &row("F1", "run/a.fq", "RH", "1", SHA, AT); // 2
+        text += &row("F2", "run/b.fq", "RH", "1", SHA, AT); // 3
+        text += &row("F3", "run/a.fq", "RH", "1", SHA, AT); // 4
+        match parse(&text) {
+            Err(CatalogError::Rows { rows, total: 1 }) => {
+                assert_eq!(rows[0].0, 4);
+                assert!(rows[0].1.contains("\"run/a.fq\" is already on line 2"), "{:?}", rows[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Rows come in batches of BATCH_ROWS as they are read; none after a bad
+    /// row; a sink that gives up stops the parse.
+    #[test]
+    fn rows_are_handed_on_in_batches() {
+        let n = BATCH_ROWS * 2 + 5;
+        let mut text = HEAD.to_string();
+        for i in 0..n {
+            text += &row(&format!("F{i}"), &format!("r/{i}.fq"), "RH", "1", SHA, AT);
+        }
+        let mut sizes = Vec::new();
+        let count = parse_catalog_batches(&mut text.as_bytes(), &known, &mut |b| {
+            sizes.push(b.len());
+            true
+        });
+        assert_eq!(count, Ok(n as u64));
+        assert_eq!(sizes, [BATCH_ROWS, BATCH_ROWS, 5]);
+
+        let bad = format!("{text}F0\tr/x.fq\tRH\t1\t{SHA}\t{AT}\n");
+        let mut sizes = Vec::new();
+        let result = parse_catalog_batches(&mut bad.as_bytes(), &known, &mut |b| {
+            sizes.push(b.len());
+            true
+        });
+        assert!(matches!(result, Err(CatalogError::Rows { total: 1, .. })), "{result:?}");
+        assert_eq!(sizes, [BATCH_ROWS, BATCH_ROWS], "the last rows are not handed on");
+
+        let mut calls = 0;
+        let result = parse_catalog_batches(&mut text.as_bytes(), &known, &mut |_| {
+            calls += 1;
+            false
+        });
+        assert!(matches!(result, Err(CatalogError::Io(_))), "{result:?}");
+        assert_eq!(calls, 1);
+    }
+
     proptest! {
+        /// The extra columns read as serde_json writes a map of them, which
+        /// is what earlier imports stored: an unchanged row stays unchanged.
+        #[test]
+        fn extra_json_is_what_serde_json_writes(columns in proptest::collection::btree_map("\\PC{0,6}", "\\PC{0,8}", 0..5)) {
+            let keys: Vec<(String, &str)> = columns
+                .iter()
+                .map(|(k, v)| (serde_json::Value::String(k.clone()).to_string(), v.as_str()))
+                .collect();
+            let ours = extra_json(keys.iter().map(|(k, v)| (k.as_str(), *v)));
+            let theirs = if columns.is_empty() {
+                String::new()
+            } else {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    columns.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                serde_json::Value::Object(map).to_string()
+            };
+            prop_assert_eq!(ours, theirs);
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
             let mut text = HEAD.as_bytes().to_vec();
@@ -444,9 +634,10 @@ mod tests {
             let mut text = "submitted_at\textra\tsize\tpath\tsha256\tdepartment\tfile_id\n".to_string();
             let mut expected = Vec::new();
             let mut seen = std::collections::HashSet::new();
+            let mut seen_paths = std::collections::HashSet::new();
             for (id, path, size, secs) in &rows {
-                if !seen.insert(id.clone()) { continue; }
                 let Ok(p) = CatalogPath::parse(path) else { continue };
+                if !seen.insert(id.clone()) || !seen_paths.insert(p.to_string()) { continue; }
                 let at = format_ns(secs * 1_000_000_000);
                 text += &format!("{at}\tx{size}\t{size}\t{p}\t{SHA}\tRH\t{id}\n");
                 expected.push((id.clone(), p.to_string(), *size, secs * 1_000_000_000));

@@ -1285,7 +1285,7 @@ fn catalog_with_binary_and_huge_lines_is_refused() {
     env.cli(&["catalog", "import", p.to_str().unwrap()])
         .fails()
         .stderr_has("line 3:")
-        .stderr_has("already the path of file");
+        .stderr_has("is already on line 2");
     assert_eq!(catalog_files(&env), 8);
     assert_eq!(catalog_entry(&env, "GDB-0002")["path"], "run1/S1_R2.fastq");
 }
