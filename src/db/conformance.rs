@@ -10,7 +10,7 @@
 //! A new check is an `async fn(Arc<dyn Store>) -> anyhow::Result<()>` here,
 //! named in the macro's list.
 
-use super::{FeedRecord, NewCase, Recorded, Store, StoreError};
+use super::{CatalogRows, FeedRecord, NewCase, Recorded, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{AccessKind, Coalescing, FileAccess, accesses_in};
 use crate::domain::case::CaseState;
@@ -31,6 +31,8 @@ macro_rules! conformance_tests {
         $crate::db::conformance::conformance_tests!(@each $open;
             import_adds_updates_and_keeps,
             import_refuses_a_path_shared_by_two_files,
+            a_first_import_refuses_a_path_twice,
+            an_import_whose_rows_end_badly_changes_nothing,
             import_refuses_changing_a_file_a_live_case_holds,
             resolve_matches_file_id_path_and_base_name,
             catalog_size_counts_files,
@@ -103,6 +105,11 @@ pub(crate) fn rows(files: &[CatalogFile]) -> Vec<CatalogRow> {
             sample_id: None,
         })
         .collect()
+}
+
+/// `files` as one import's rows.
+pub(crate) fn catalog(files: &[CatalogFile]) -> CatalogRows {
+    rows(files).into()
 }
 
 fn new_case(case_ref: &str, department: &str, files: &[CatalogFile]) -> anyhow::Result<NewCase> {
@@ -236,12 +243,12 @@ fn accesses(records: &[EventRecord], event: EventKind, file: &str) -> u64 {
 
 pub async fn import_adds_updates_and_keeps(store: Arc<dyn Store>) -> anyhow::Result<()> {
     let first = vec![file("F1", "a/x.fq", 10)?, file("F2", "b/x.fq", 20)?];
-    let s = store.import_catalog(rows(&first)).await?;
+    let s = store.import_catalog(catalog(&first)).await?;
     ensure!(
         (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (2, 2, 0, 0, 2),
         "first import: {s:?}"
     );
-    let s = store.import_catalog(rows(&first)).await?;
+    let s = store.import_catalog(catalog(&first)).await?;
     ensure!(
         (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (2, 0, 0, 2, 2),
         "same import again: {s:?}"
@@ -251,7 +258,7 @@ pub async fn import_adds_updates_and_keeps(store: Arc<dyn Store>) -> anyhow::Res
     second[0].size = 11;
     second[1].extra = r#"{"run":"7"}"#.into();
     second.push(file("F3", "c/y.fq", 30)?);
-    let s = store.import_catalog(rows(&second)).await?;
+    let s = store.import_catalog(catalog(&second)).await?;
     ensure!(
         (s.rows, s.added, s.updated, s.unchanged, s.catalog_files) == (3, 1, 2, 0, 3),
         "changed import: {s:?}"
@@ -263,19 +270,94 @@ pub async fn import_adds_updates_and_keeps(store: Arc<dyn Store>) -> anyhow::Res
     );
 
     // Files missing from an import stay.
-    let s = store.import_catalog(rows(&second[..1])).await?;
+    let s = store.import_catalog(catalog(&second[..1])).await?;
     ensure!((s.rows, s.unchanged, s.catalog_files) == (1, 1, 3), "partial import: {s:?}");
+    Ok(())
+}
+
+/// The first import into an empty catalog, which the PostgreSQL store loads
+/// directly, refuses two files on one path as any later import does.
+pub async fn a_first_import_refuses_a_path_twice(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let twins = store
+        .import_catalog(catalog(&[
+            file("F1", "a/x.fq", 1)?,
+            file("F2", "b/y.fq", 2)?,
+            file("F3", "a/x.fq", 3)?,
+        ]))
+        .await;
+    let lines: Vec<usize> = match &twins {
+        Err(StoreError::Catalog(crate::domain::catalog::CatalogError::Rows { rows, .. })) => rows.iter().map(|(l, _)| *l).collect(),
+        other => anyhow::bail!("one path for two files in a first import: {other:?}"),
+    };
+    ensure!(lines == [4], "{lines:?}");
+    ensure!(store.catalog_size().await? == 0, "a refused first import added files");
+    let s = store
+        .import_catalog(catalog(&[file("F1", "a/x.fq", 1)?, file("F2", "b/y.fq", 2)?]))
+        .await?;
+    ensure!((s.rows, s.added, s.catalog_files) == (2, 2, 2), "{s:?}");
+    ensure!(store.resolve("a/x.fq", 10).await?.len() == 1, "resolved after a first import");
+    Ok(())
+}
+
+/// Rows already written when the parser finds a bad row (or stops) are
+/// rolled back, into an empty catalog and into one with files, and the store
+/// takes the next import.
+pub async fn an_import_whose_rows_end_badly_changes_nothing(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let ends_badly = |files: Vec<CatalogFile>, bad_end: bool| {
+        let (tx, rows) = CatalogRows::channel();
+        std::thread::spawn(move || {
+            let rows = files
+                .into_iter()
+                .enumerate()
+                .map(|(i, file)| CatalogRow {
+                    line: i + 2,
+                    file,
+                    sample_id: None,
+                })
+                .collect();
+            tx.send_blocking(rows);
+            if bad_end {
+                tx.end_blocking(Err(crate::domain::catalog::CatalogError::Rows {
+                    rows: vec![(9, "bad".into())],
+                    total: 1,
+                }));
+            }
+            // Otherwise the sender is dropped before the end.
+        });
+        rows
+    };
+    let first = vec![file("F1", "a/x.fq", 1)?, file("F2", "b/y.fq", 2)?];
+    for bad_end in [true, false] {
+        let r = store.import_catalog(ends_badly(first.clone(), bad_end)).await;
+        ensure!(matches!(r, Err(StoreError::Catalog(_))), "into an empty catalog: {r:?}");
+        ensure!(store.catalog_size().await? == 0, "a refused first import added files");
+    }
+    store.import_catalog(catalog(&first)).await?;
+    let mut changed = first.clone();
+    changed[0].size = 5;
+    changed.push(file("F3", "c/z.fq", 3)?);
+    for bad_end in [true, false] {
+        let r = store.import_catalog(ends_badly(changed.clone(), bad_end)).await;
+        ensure!(matches!(r, Err(StoreError::Catalog(_))), "into a catalog with files: {r:?}");
+        ensure!(store.catalog_size().await? == 2, "a refused import added files");
+        ensure!(
+            store.resolve("F1", 10).await? == vec![first[0].clone()],
+            "a refused import changed F1"
+        );
+    }
+    let s = store.import_catalog(catalog(&changed)).await?;
+    ensure!((s.added, s.updated, s.catalog_files) == (1, 1, 3), "{s:?}");
     Ok(())
 }
 
 pub async fn import_refuses_a_path_shared_by_two_files(store: Arc<dyn Store>) -> anyhow::Result<()> {
     store
-        .import_catalog(rows(&[file("F1", "a/x.fq", 1)?, file("F2", "b/x.fq", 2)?]))
+        .import_catalog(catalog(&[file("F1", "a/x.fq", 1)?, file("F2", "b/x.fq", 2)?]))
         .await?;
 
     // A new file on F1's path: refused whole, F3 is not added either.
     let clash = store
-        .import_catalog(rows(&[file("F3", "c/y.fq", 3)?, file("F4", "a/x.fq", 4)?]))
+        .import_catalog(catalog(&[file("F3", "c/y.fq", 3)?, file("F4", "a/x.fq", 4)?]))
         .await;
     ensure!(
         matches!(clash, Err(StoreError::Catalog(_))),
@@ -286,7 +368,7 @@ pub async fn import_refuses_a_path_shared_by_two_files(store: Arc<dyn Store>) ->
 
     // Two new files with one path in the same import.
     let twins = store
-        .import_catalog(rows(&[file("F5", "d/z.fq", 5)?, file("F6", "d/z.fq", 6)?]))
+        .import_catalog(catalog(&[file("F5", "d/z.fq", 5)?, file("F6", "d/z.fq", 6)?]))
         .await;
     ensure!(
         matches!(twins, Err(StoreError::Catalog(_))),
@@ -296,7 +378,7 @@ pub async fn import_refuses_a_path_shared_by_two_files(store: Arc<dyn Store>) ->
 
     // Moving F1 and giving its old path to a new file in the same import is fine.
     let s = store
-        .import_catalog(rows(&[file("F1", "a/z.fq", 1)?, file("F4", "a/x.fq", 4)?]))
+        .import_catalog(catalog(&[file("F1", "a/z.fq", 1)?, file("F4", "a/x.fq", 4)?]))
         .await?;
     ensure!((s.added, s.updated, s.catalog_files) == (1, 1, 3), "move and reuse: {s:?}");
     ensure!(ids(&store.resolve("a/x.fq", 10).await?) == ["F4"], "a/x.fq is not F4's");
@@ -305,14 +387,14 @@ pub async fn import_refuses_a_path_shared_by_two_files(store: Arc<dyn Store>) ->
 
 pub async fn import_refuses_changing_a_file_a_live_case_holds(store: Arc<dyn Store>) -> anyhow::Result<()> {
     let f1 = file("F1", "a/x.fq", 10)?;
-    store.import_catalog(rows(std::slice::from_ref(&f1))).await?;
+    store.import_catalog(catalog(std::slice::from_ref(&f1))).await?;
     store
         .create_case(new_case("C-1", DEPT, std::slice::from_ref(&f1))?, event("opened", 0))
         .await?;
 
     let mut resized = f1.clone();
     resized.size = 11;
-    let r = store.import_catalog(rows(&[file("F2", "b/y.fq", 1)?, resized.clone()])).await;
+    let r = store.import_catalog(catalog(&[file("F2", "b/y.fq", 1)?, resized.clone()])).await;
     ensure!(matches!(r, Err(StoreError::Catalog(_))), "changed a held file: {r:?}");
     ensure!(store.resolve("F1", 10).await? == vec![f1.clone()], "a refused import changed F1");
     ensure!(store.catalog_size().await? == 1, "a refused import added F2");
@@ -320,14 +402,14 @@ pub async fn import_refuses_changing_a_file_a_live_case_holds(store: Arc<dyn Sto
     // What the case does not depend on may change.
     let mut annotated = f1.clone();
     annotated.extra = r#"{"note":"x"}"#.into();
-    let s = store.import_catalog(rows(std::slice::from_ref(&annotated))).await?;
+    let s = store.import_catalog(catalog(std::slice::from_ref(&annotated))).await?;
     ensure!(s.updated == 1, "extra of a held file: {s:?}");
 
     // Once the case has ended, the file may change.
     store
         .transition("C-1", CaseState::Open, CaseState::Rejected, event("rejected", 1))
         .await?;
-    let s = store.import_catalog(rows(std::slice::from_ref(&resized))).await?;
+    let s = store.import_catalog(catalog(std::slice::from_ref(&resized))).await?;
     ensure!(s.updated == 1, "a file of an ended case: {s:?}");
     ensure!(store.resolve("F1", 10).await?[0].size == 11, "F1 was not resized");
     Ok(())
@@ -335,7 +417,7 @@ pub async fn import_refuses_changing_a_file_a_live_case_holds(store: Arc<dyn Sto
 
 pub async fn resolve_matches_file_id_path_and_base_name(store: Arc<dyn Store>) -> anyhow::Result<()> {
     let files = [file("F2", "b/x.fq", 2)?, file("F1", "a/x.fq", 1)?, file("F3", "b/y.fq", 3)?];
-    store.import_catalog(rows(&files)).await?;
+    store.import_catalog(catalog(&files)).await?;
     ensure!(store.resolve("F1", 10).await? == vec![files[1].clone()], "by file_id");
     ensure!(ids(&store.resolve("b/y.fq", 10).await?) == ["F3"], "by path");
     ensure!(
@@ -352,7 +434,7 @@ pub async fn catalog_size_counts_files(store: Arc<dyn Store>) -> anyhow::Result<
     ensure!(store.catalog_size().await? == 0, "a new store has files");
     ensure!(store.catalog_changed_at().await?.is_none(), "an empty catalog was never changed");
     store
-        .import_catalog(rows(&[file("F1", "a/x.fq", 1)?, file("F2", "a/y.fq", 2)?]))
+        .import_catalog(catalog(&[file("F1", "a/x.fq", 1)?, file("F2", "a/y.fq", 2)?]))
         .await?;
     let first = store.catalog_changed_at().await?;
     ensure!(
@@ -362,7 +444,7 @@ pub async fn catalog_size_counts_files(store: Arc<dyn Store>) -> anyhow::Result<
         "an import records when it changed the catalog: {first:?}"
     );
     store
-        .import_catalog(rows(&[file("F2", "a/y.fq", 3)?, file("F3", "a/z.fq", 3)?]))
+        .import_catalog(catalog(&[file("F2", "a/y.fq", 3)?, file("F3", "a/z.fq", 3)?]))
         .await?;
     ensure!(store.catalog_size().await? == 3, "three files imported");
     let second = store.catalog_changed_at().await?;
@@ -372,7 +454,7 @@ pub async fn catalog_size_counts_files(store: Arc<dyn Store>) -> anyhow::Result<
 
 pub async fn create_case_registers_and_refuses_a_taken_ref(store: Arc<dyn Store>) -> anyhow::Result<()> {
     let files = [file("F2", "b/x.fq", 2)?, file("F1", "a/x.fq", 1)?];
-    store.import_catalog(rows(&files)).await?;
+    store.import_catalog(catalog(&files)).await?;
     let case = new_case("C-1", DEPT, &files)?;
     let rec = store.create_case(case.clone(), event("opened", 0)).await?;
     ensure!(
@@ -1011,7 +1093,7 @@ pub async fn resolve_among_looks_in_the_named_departments_only(store: Arc<dyn St
         file_of("F2", "b/x.fq", OTHER_DEPT, 0)?,
         file_of("F3", "c/x.fq", "AUH-KGA", 0)?,
     ];
-    store.import_catalog(rows(&files)).await?;
+    store.import_catalog(catalog(&files)).await?;
     let among = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     ensure!(
         ids(&store.resolve_among("x.fq", &among(&[DEPT, OTHER_DEPT]), 10).await?) == ["F1", "F2"],
@@ -1041,7 +1123,7 @@ pub async fn import_keeps_the_sample_id_column(store: Arc<dyn Store>) -> anyhow:
     let f = file("F1", "a/x.fq", 1)?;
     let mut row = rows(std::slice::from_ref(&f));
     row[0].sample_id = Some("S-1".into());
-    store.import_catalog(row.clone()).await?;
+    store.import_catalog(row.clone().into()).await?;
     let by_sample = |s: &str| CatalogQuery {
         sample_id: Some(s.to_string()),
         ..CatalogQuery::default()
@@ -1054,7 +1136,7 @@ pub async fn import_keeps_the_sample_id_column(store: Arc<dyn Store>) -> anyhow:
     // A new sample_id comes with the next import (its extra columns change with it).
     row[0].sample_id = Some("S-2".into());
     row[0].file.extra = r#"{"sample_id":"S-2"}"#.into();
-    store.import_catalog(row).await?;
+    store.import_catalog(row.into()).await?;
     ensure!(
         store.search_catalog(&by_sample("S-1"), None, 10).await?.is_empty(),
         "the old sample"
@@ -1088,7 +1170,7 @@ pub async fn search_catalog_matches_its_definition_page_by_page(store: Arc<dyn S
     for (r, s) in all.iter_mut().zip(&samples) {
         r.sample_id = s.clone();
     }
-    store.import_catalog(all).await?;
+    store.import_catalog(all.into()).await?;
     let globs = [
         None,
         Some("a*"),

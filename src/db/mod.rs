@@ -5,13 +5,14 @@
 use crate::audit::{EventRecord, NewEvent};
 use crate::domain::access::{Coalescing, FileAccess};
 use crate::domain::case::CaseState;
-use crate::domain::catalog::{CatalogFile, CatalogRow};
+use crate::domain::catalog::CatalogFile;
 use crate::domain::hosts::{HostBeat, HostRecord, Serving};
 use crate::domain::search::{CatalogQuery, FoundFile, SearchKey};
 use crate::domain::verify::CaseFile;
 
 #[cfg(test)]
 pub mod conformance;
+mod import;
 #[cfg(test)]
 pub mod pg_test_server;
 pub mod postgres;
@@ -20,6 +21,7 @@ pub mod sqlite;
 
 pub use crate::domain::case::{CaseRecord, NewCase};
 pub use crate::domain::catalog::ImportSummary;
+pub use import::{CatalogRows, CatalogRowsSender};
 
 /// Why a store method failed. Whatever the variant, nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +97,12 @@ pub enum StoreError {
 /// transaction was rolled back), and the store stays usable for the next call.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Adds and updates catalog files by `file_id` in one transaction. Refuses
-    /// the whole import ([`StoreError::Catalog`], nothing changed) when a row
-    /// would change a file a live case holds, or would give a path to two
-    /// files. Importing the same rows again changes nothing.
-    async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError>;
+    /// Adds and updates catalog files by `file_id` in one transaction, as the
+    /// rows arrive. Refuses the whole import ([`StoreError::Catalog`], nothing
+    /// changed) when the stream ends badly, when a row would change a file a
+    /// live case holds, or would give a file's path to another file.
+    /// Importing the same rows again changes nothing.
+    async fn import_catalog(&self, rows: CatalogRows) -> Result<ImportSummary, StoreError>;
     /// Catalog files whose `file_id`, `path` or base name equals `descriptor`,
     /// at most `limit`, ordered by `file_id`.
     async fn resolve(&self, descriptor: &str, limit: u32) -> Result<Vec<CatalogFile>, StoreError>;

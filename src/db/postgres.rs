@@ -6,7 +6,7 @@
 //! new cases, so the check that a live case's files do not change holds.
 
 use super::sqlite::{HEARTBEAT_UPSERT, RETIRE, SERVING_UPSERT, host_record, serving_record, unsealed_sql};
-use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
+use super::{CaseRecord, CatalogRows, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -509,13 +509,64 @@ impl PgStore {
         Self::push_event(tx, &case.case_ref, 0, GENESIS, event).await
     }
 
-    async fn try_import(tx: &mut Tx, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+    async fn try_import(tx: &mut Tx, rows: CatalogRows) -> Result<ImportSummary, StoreError> {
+        // Whatever the server's default: a first import's COPY FREEZE needs
+        // the transaction to hold no snapshot from before its TRUNCATE.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut **tx)
+            .await?;
         // One import at a time, and no new case while one runs.
         sqlx::query("LOCK TABLE catalog IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut **tx)
             .await?;
-        // The joins below compare whole catalogs: hash them in memory.
+        // The joins below compare whole catalogs: hash them in memory; and
+        // rebuilt indexes sort in memory.
         sqlx::query("SET LOCAL work_mem = '256MB'").execute(&mut **tx).await?;
+        sqlx::query("SET LOCAL maintenance_work_mem = '512MB'").execute(&mut **tx).await?;
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM catalog)")
+            .fetch_one(&mut **tx)
+            .await?;
+        if empty {
+            Self::load_empty_catalog(tx, rows).await
+        } else {
+            Self::merge_into_catalog(tx, rows).await
+        }
+    }
+
+    /// The first import: the rows go straight into the catalog, and its
+    /// indexes are built once they are all there. (The stream's good end
+    /// says no file_id and no path came twice.)
+    async fn load_empty_catalog(tx: &mut Tx, mut rows: CatalogRows) -> Result<ImportSummary, StoreError> {
+        Self::drop_catalog_indexes(tx).await?;
+        // Emptied in this transaction (it was empty already), the table takes
+        // the rows already frozen: the index builds and the statistics that
+        // follow read them without checking each one's visibility.
+        sqlx::query("TRUNCATE catalog").execute(&mut **tx).await?;
+        let now = audit::now_rfc3339();
+        let total = copy_rows(
+            tx,
+            "COPY catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, imported_at) FROM STDIN (FREEZE)",
+            &mut rows,
+            |buf, r| {
+                copy_fields(buf, r);
+                buf.push(b'\t');
+                copy_text(buf, &now);
+            },
+        )
+        .await?;
+        Self::create_catalog_indexes(tx).await?;
+        Ok(ImportSummary {
+            rows: total,
+            added: total,
+            updated: 0,
+            unchanged: 0,
+            catalog_files: total,
+        })
+    }
+
+    /// Any later import: the rows go to a temporary table, and only the
+    /// files that are new or changed (usually few) are compared further.
+    async fn merge_into_catalog(tx: &mut Tx, mut rows: CatalogRows) -> Result<ImportSummary, StoreError> {
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS import_rows (line BIGINT NOT NULL, file_id TEXT COLLATE \"C\" NOT NULL, \
              path TEXT COLLATE \"C\" NOT NULL, base_name TEXT COLLATE \"C\" NOT NULL, department TEXT COLLATE \"C\" NOT NULL, \
@@ -525,33 +576,51 @@ impl PgStore {
         .execute(&mut **tx)
         .await?;
         sqlx::query("TRUNCATE import_rows").execute(&mut **tx).await?;
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id) FROM STDIN",
-            )
-            .await?;
-        let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
-        for r in rows {
-            copy_line(&mut buf, &r);
-            if buf.len() >= COPY_CHUNK {
-                copy.send(std::mem::take(&mut buf)).await?;
-                buf.reserve(COPY_CHUNK + 4096);
-            }
-        }
-        if !buf.is_empty() {
-            copy.send(buf).await?;
-        }
-        copy.finish().await?;
+        let total = copy_rows(
+            tx,
+            "COPY import_rows (line, file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id) FROM STDIN",
+            &mut rows,
+            |buf, r| {
+                push_int(buf, r.line as i64);
+                buf.push(b'\t');
+                copy_fields(buf, r);
+            },
+        )
+        .await?;
         // A temporary table has no statistics until asked: without them the
         // planner would join a million rows by nested loops. (The parser
         // refuses a file_id twice, so the table needs no key.)
         sqlx::query("ANALYZE import_rows").execute(&mut **tx).await?;
-        const CHANGED: &str = "(k.path <> i.path OR k.department <> i.department OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)";
+        // The one pass over the whole import: what is new or changed.
+        let delta = sqlx::query(
+            "CREATE TEMP TABLE import_delta ON COMMIT DROP AS \
+             SELECT i.*, k.file_id IS NULL AS new, \
+             (k.file_id IS NOT NULL AND (k.path <> i.path OR k.department <> i.department OR k.size <> i.size \
+             OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns)) AS changed \
+             FROM import_rows i LEFT JOIN catalog k ON k.file_id = i.file_id \
+             WHERE k.file_id IS NULL OR k.path <> i.path OR k.department <> i.department OR k.size <> i.size \
+             OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns OR k.extra <> i.extra",
+        )
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if delta == 0 {
+            let catalog_files = Self::catalog_files(tx).await?;
+            return Ok(ImportSummary {
+                rows: total,
+                unchanged: total,
+                catalog_files,
+                ..ImportSummary::default()
+            });
+        }
+        if delta >= DELTA_STATISTICS_AT {
+            sqlx::query("ANALYZE import_delta").execute(&mut **tx).await?;
+        }
         let mut errors = RowErrors::default();
         let held = sqlx::query(&format!(
-            "SELECT i.line, i.file_id, MIN(c.ref) FROM import_rows i JOIN catalog k ON k.file_id = i.file_id \
-             JOIN case_files cf ON cf.file_id = i.file_id JOIN cases c ON c.ref = cf.case_ref \
-             WHERE c.state IN {LIVE} AND {CHANGED} GROUP BY i.line, i.file_id ORDER BY i.line"
+            "SELECT d.line, d.file_id, MIN(c.ref) FROM import_delta d \
+             JOIN case_files cf ON cf.file_id = d.file_id JOIN cases c ON c.ref = cf.case_ref \
+             WHERE d.changed AND c.state IN {LIVE} GROUP BY d.line, d.file_id ORDER BY d.line"
         ))
         .fetch_all(&mut **tx)
         .await?;
@@ -564,66 +633,49 @@ impl PgStore {
                 format!("file {id} is held by case {case_ref}; its path, department, size, sha256 and submitted_at cannot change until that case ends"),
             );
         }
-        let counts = sqlx::query(&format!(
-            "SELECT COUNT(*), SUM(CASE WHEN k.file_id IS NULL THEN 1 ELSE 0 END), \
-             SUM(CASE WHEN k.file_id IS NOT NULL AND ({CHANGED} OR k.extra <> i.extra) THEN 1 ELSE 0 END) \
-             FROM import_rows i LEFT JOIN catalog k ON k.file_id = i.file_id"
-        ))
-        .fetch_one(&mut **tx)
-        .await?;
-        let total = counts.try_get::<i64, _>(0)? as u64;
-        let added = counts.try_get::<Option<i64>, _>(1)?.unwrap_or(0) as u64;
-        let updated = counts.try_get::<Option<i64>, _>(2)?.unwrap_or(0) as u64;
+        let added: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM import_delta WHERE new")
+            .fetch_one(&mut **tx)
+            .await?;
+        let (added, updated) = (added as u64, delta - added as u64);
         // Changed files first (their paths may make room), then new files
         // as plain inserts: cheaper than an upsert per row.
         let now = audit::now_rfc3339();
         if updated > 0 {
             sqlx::query(
-                "UPDATE catalog k SET path = i.path, base_name = i.base_name, department = i.department, size = i.size, \
-                 sha256 = i.sha256, submitted_ns = i.submitted_ns, extra = i.extra, sample_id = i.sample_id, imported_at = $1 \
-                 FROM import_rows i WHERE k.file_id = i.file_id AND (k.path <> i.path OR k.department <> i.department \
-                 OR k.size <> i.size OR k.sha256 <> i.sha256 OR k.submitted_ns <> i.submitted_ns OR k.extra <> i.extra)",
+                "UPDATE catalog k SET path = d.path, base_name = d.base_name, department = d.department, size = d.size, \
+                 sha256 = d.sha256, submitted_ns = d.submitted_ns, extra = d.extra, sample_id = d.sample_id, imported_at = $1 \
+                 FROM import_delta d WHERE k.file_id = d.file_id AND NOT d.new",
             )
             .bind(&now)
             .execute(&mut **tx)
             .await?;
         }
-        // Many new files: the secondary indexes are built again once, in
-        // sorted order, rather than updated row by row (several times faster
-        // for a large import; the catalog is locked against readers until
-        // the import commits, which the caller's lock mostly does anyway).
+        // Many new files: the indexes are built again once, in sorted
+        // order, rather than updated row by row (several times faster for a
+        // large import; the catalog is locked against readers until the
+        // import commits, which the caller's lock mostly does anyway).
         let rebuild = added >= REBUILD_INDEXES_AT;
         if rebuild {
-            sqlx::query(&format!("DROP INDEX {}", SECONDARY_INDEXES.map(|(name, _)| name).join(", ")))
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query("ALTER TABLE catalog DROP CONSTRAINT catalog_pkey")
-                .execute(&mut **tx)
-                .await?;
+            Self::drop_catalog_indexes(tx).await?;
         }
         if added > 0 {
             sqlx::query(
                 "INSERT INTO catalog (file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id, imported_at) \
-                 SELECT i.file_id, i.path, i.base_name, i.department, i.size, i.sha256, i.submitted_ns, i.extra, i.sample_id, $1 \
-                 FROM import_rows i \
-                 WHERE NOT EXISTS (SELECT 1 FROM catalog k WHERE k.file_id = i.file_id)",
+                 SELECT d.file_id, d.path, d.base_name, d.department, d.size, d.sha256, d.submitted_ns, d.extra, d.sample_id, $1 \
+                 FROM import_delta d WHERE d.new",
             )
             .bind(&now)
             .execute(&mut **tx)
             .await?;
         }
         if rebuild {
-            sqlx::query("ALTER TABLE catalog ADD CONSTRAINT catalog_pkey PRIMARY KEY (file_id)")
-                .execute(&mut **tx)
-                .await?;
-            for (name, columns) in SECONDARY_INDEXES {
-                sqlx::query(&format!("CREATE INDEX {name} ON catalog ({columns})"))
-                    .execute(&mut **tx)
-                    .await?;
-            }
+            Self::create_catalog_indexes(tx).await?;
         }
+        // A path can only clash where a file is new or changed: the catalog
+        // had no clash before.
         let clashes = sqlx::query(
-            "SELECT i.line, i.path, k.file_id FROM import_rows i JOIN catalog k ON k.path = i.path AND k.file_id <> i.file_id ORDER BY i.line",
+            "SELECT d.line, d.path, k.file_id FROM import_delta d JOIN catalog k ON k.path = d.path AND k.file_id <> d.file_id \
+             ORDER BY d.line, k.file_id",
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -636,22 +688,52 @@ impl PgStore {
         if !errors.is_empty() {
             return errors.into_result(ImportSummary::default()).map_err(StoreError::from);
         }
-        let catalog_files = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
-            .fetch_one(&mut **tx)
-            .await? as u64;
+        let catalog_files = Self::catalog_files(tx).await?;
         Ok(ImportSummary {
             rows: total,
             added,
             updated,
-            unchanged: total - added - updated,
+            unchanged: total - delta,
             catalog_files,
         })
     }
+
+    async fn catalog_files(tx: &mut Tx) -> Result<u64, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM catalog")
+            .fetch_one(&mut **tx)
+            .await? as u64)
+    }
+
+    async fn drop_catalog_indexes(tx: &mut Tx) -> Result<(), StoreError> {
+        sqlx::query(&format!("DROP INDEX {}", SECONDARY_INDEXES.map(|(name, _)| name).join(", ")))
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("ALTER TABLE catalog DROP CONSTRAINT catalog_pkey")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_catalog_indexes(tx: &mut Tx) -> Result<(), StoreError> {
+        sqlx::query("ALTER TABLE catalog ADD CONSTRAINT catalog_pkey PRIMARY KEY (file_id)")
+            .execute(&mut **tx)
+            .await?;
+        for (name, columns) in SECONDARY_INDEXES {
+            sqlx::query(&format!("CREATE INDEX {name} ON catalog ({columns})"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
-/// New files in one import from which the catalog's secondary indexes are
-/// built again rather than updated.
+/// New files in one import from which the catalog's indexes are built
+/// again rather than updated.
 const REBUILD_INDEXES_AT: u64 = 100_000;
+
+/// New or changed files in one import from which their temporary table is
+/// analysed before it is joined with the catalog.
+const DELTA_STATISTICS_AT: u64 = 10_000;
 
 /// The catalog's secondary indexes (name, columns), as the migrations made them.
 const SECONDARY_INDEXES: [(&str, &str); 4] = [
@@ -664,29 +746,78 @@ const SECONDARY_INDEXES: [(&str, &str); 4] = [
 /// Bytes of COPY data sent per message.
 const COPY_CHUNK: usize = 1 << 20;
 
-/// One row of `import_rows` in COPY's text format.
-fn copy_line(buf: &mut Vec<u8>, r: &CatalogRow) {
-    use std::io::Write as _;
+/// Sends the stream's rows through `statement` (a `COPY … FROM STDIN` in
+/// text format) as they arrive, each row written by `line` without its
+/// newline; returns how many. A stream that ends badly aborts the COPY.
+async fn copy_rows(
+    tx: &mut Tx,
+    statement: &str,
+    rows: &mut CatalogRows,
+    line: impl Fn(&mut Vec<u8>, &CatalogRow),
+) -> Result<u64, StoreError> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
+    let mut count = 0u64;
+    loop {
+        let batch = match rows.next_batch().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => {
+                copy.abort("the catalog import was refused").await?;
+                return Err(e);
+            }
+        };
+        count += batch.len() as u64;
+        for r in &batch {
+            line(&mut buf, r);
+            buf.push(b'\n');
+        }
+        if buf.len() >= COPY_CHUNK {
+            copy.send(std::mem::take(&mut buf)).await?;
+            buf.reserve(COPY_CHUNK + 4096);
+        }
+    }
+    if !buf.is_empty() {
+        copy.send(buf).await?;
+    }
+    copy.finish().await?;
+    Ok(count)
+}
+
+/// The catalog's columns of a row in COPY's text format, tab-separated:
+/// file_id, path, base_name, department, size, sha256, submitted_ns, extra, sample_id.
+fn copy_fields(buf: &mut Vec<u8>, r: &CatalogRow) {
     let f = &r.file;
-    let _ = write!(buf, "{}\t", r.line);
     for text in [f.file_id.as_str(), f.path.as_str(), f.path.base_name(), f.department.as_str()] {
         copy_text(buf, text);
         buf.push(b'\t');
     }
-    let _ = write!(buf, "{}\t", f.size as i64);
+    push_int(buf, f.size as i64);
+    buf.push(b'\t');
     copy_text(buf, &f.sha256);
-    let _ = write!(buf, "\t{}\t", f.submitted_ns);
+    buf.push(b'\t');
+    push_int(buf, f.submitted_ns);
+    buf.push(b'\t');
     copy_text(buf, &f.extra);
     buf.push(b'\t');
     match &r.sample_id {
         Some(s) => copy_text(buf, s),
         None => buf.extend_from_slice(b"\\N"),
     }
-    buf.push(b'\n');
+}
+
+fn push_int(buf: &mut Vec<u8>, n: i64) {
+    use std::io::Write as _;
+    let _ = write!(buf, "{n}");
 }
 
 /// `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
 fn copy_text(buf: &mut Vec<u8>, text: &str) {
+    let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
+    if !text.as_bytes().iter().any(special) {
+        buf.extend_from_slice(text.as_bytes());
+        return;
+    }
     for b in text.bytes() {
         match b {
             b'\\' => buf.extend_from_slice(b"\\\\"),
@@ -802,7 +933,7 @@ macro_rules! retrying {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
-    async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+    async fn import_catalog(&self, rows: CatalogRows) -> Result<ImportSummary, StoreError> {
         let mut tx = Tx::begin(&self.pool, &self.committed).await?;
         let result = Self::try_import(&mut tx, rows).await;
         let summary = finish(tx, "", result).await?;
@@ -1372,13 +1503,13 @@ mod tests {
     /// path two files would share is still refused, naming the line.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_import_rebuilds_the_indexes() -> anyhow::Result<()> {
-        use crate::db::conformance::{file, rows};
+        use crate::db::conformance::{catalog, file};
         let (_guard, store) = open().await?;
         let n = REBUILD_INDEXES_AT as usize + 10;
         let files: Vec<CatalogFile> = (0..n)
             .map(|i| file(&format!("F{i:07}"), &format!("run{}/s{i}.fq", i % 97), i as u64))
             .collect::<anyhow::Result<_>>()?;
-        let summary = store.import_catalog(rows(&files)).await?;
+        let summary = store.import_catalog(catalog(&files)).await?;
         anyhow::ensure!(summary.added == n as u64 && summary.catalog_files == n as u64, "{summary:?}");
         let by_path = store.resolve("run5/s5.fq", 10).await?;
         anyhow::ensure!(by_path.len() == 1 && by_path[0].file_id.as_str() == "F0000005", "{by_path:?}");
@@ -1389,7 +1520,7 @@ mod tests {
             .map(|i| file(&format!("F{i:07}"), &format!("new{}/s{i}.fq", i % 97), i as u64))
             .collect::<anyhow::Result<_>>()?;
         more.push(file("G1", "run5/s5.fq", 1)?);
-        let refused = store.import_catalog(rows(&more)).await;
+        let refused = store.import_catalog(catalog(&more)).await;
         let lines = match &refused {
             Err(StoreError::Catalog(crate::domain::catalog::CatalogError::Rows { rows, .. })) => {
                 rows.iter().map(|(l, _)| *l).collect::<Vec<_>>()

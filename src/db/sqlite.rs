@@ -3,7 +3,7 @@
 //! the last commit and no other write interleaves, however many connections
 //! write. Reads use a small pool of read-only connections.
 
-use super::{CaseRecord, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
+use super::{CaseRecord, CatalogRows, FeedRecord, ImportSummary, NewCase, Recorded, RequestLimits, StateSummary, Store, StoreError};
 use crate::audit::{self, Actor, EventKind, EventRecord, GENESIS, NewEvent};
 use crate::domain::access::{self, AccessCount, Coalescing, FileAccess, Step};
 use crate::domain::case::CaseState;
@@ -829,7 +829,8 @@ async fn feed_head(pool: &SqlitePool) -> Result<u64, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn import_catalog(&self, rows: Vec<CatalogRow>) -> Result<ImportSummary, StoreError> {
+    async fn import_catalog(&self, rows: CatalogRows) -> Result<ImportSummary, StoreError> {
+        let rows = rows.collect().await?;
         let mut tx = self.begin_write().await?;
         let result = Self::try_import(&mut tx, rows).await;
         let summary = finish(tx, result).await?;
@@ -1360,7 +1361,7 @@ mod tests {
                 .map(|(i, (id, p))| row(i + 2, &format!("ID{id}"), p))
                 .collect();
             let store = rt.block_on(SqliteStore::open(&url)).unwrap_or_else(|e| panic!("{e}"));
-            rt.block_on(store.import_catalog(rows.clone())).unwrap_or_else(|e| panic!("{e}"));
+            rt.block_on(store.import_catalog(rows.clone().into())).unwrap_or_else(|e| panic!("{e}"));
             let mut all_probes = probes.clone();
             all_probes.extend(rows.iter().map(|r| r.file.file_id.to_string()));
             for d in all_probes {

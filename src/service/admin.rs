@@ -4,8 +4,10 @@ use super::Service;
 use super::caselog::LogCheck;
 use super::request::refuse;
 use crate::control::proto::{AuditReport, RefusalKind, Reply, Response, StatusReply};
+use crate::db::{CatalogRows, ImportSummary, Store, StoreError};
 use crate::domain::case::CaseState;
-use crate::domain::catalog::{CatalogError, parse_catalog};
+use crate::domain::catalog::{CatalogError, parse_catalog_batches};
+use crate::names::DirId;
 use crate::sync::{Cancel, CancelRead};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,28 @@ use tracing::info;
 /// The largest catalog file one import reads (a national catalog of ten
 /// million files is about 1.7 GB).
 pub const MAX_CATALOG_BYTES: u64 = 8 << 30;
+
+/// Parses the catalog `reader` gives, on a thread of its own, while `store`
+/// writes the rows already parsed: one import, committed only if the whole
+/// file is good. What `catalog import` runs.
+pub async fn import_catalog(
+    store: &dyn Store,
+    reader: impl std::io::Read + Send + 'static,
+    known_department: impl Fn(&DirId) -> bool + Send + 'static,
+) -> Result<ImportSummary, StoreError> {
+    let (tx, rows) = CatalogRows::channel();
+    let parser = tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        let parsed = parse_catalog_batches(&mut reader, &known_department, &mut |batch| tx.send_blocking(batch));
+        tx.end_blocking(parsed.map(|_| ()));
+    });
+    let stored = store.import_catalog(rows).await;
+    // The store read to the end, or gave up and so stopped the parse.
+    parser
+        .await
+        .map_err(|e| StoreError::Catalog(CatalogError::Io(format!("the catalog parser failed: {e}"))))?;
+    stored
+}
 
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -117,15 +141,8 @@ impl Service {
                 ),
             ));
         }
-        let parsed = tokio::task::spawn_blocking(move || {
-            let reader = CancelRead { inner: file, cancel };
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
-            parse_catalog(&mut reader, &|d| dir.departments.contains_key(d))
-        })
-        .await
-        .map_err(|e| refuse(RefusalKind::Internal, format!("catalog import failed: {e}")))?;
-        let rows = parsed.map_err(|e: CatalogError| refuse(RefusalKind::Invalid, e.to_string()))?;
-        let summary = self.store.import_catalog(rows).await?;
+        let reader = CancelRead { inner: file, cancel };
+        let summary = import_catalog(self.store.as_ref(), reader, move |d| dir.departments.contains_key(d)).await?;
         info!(
             rows = summary.rows,
             added = summary.added,

@@ -21,6 +21,7 @@ mod request;
 mod selfservice;
 
 pub use access_log::StoreAccessLog;
+pub use admin::import_catalog;
 pub use jobs::StagingJob;
 pub use metrics::{AUDIT_EVERY, AUDIT_FIRST, CheckedAt, Counters};
 pub use selfservice::find as find_files;

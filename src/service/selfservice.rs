@@ -527,7 +527,7 @@ mod tests {
                 sample_id: None,
             });
         }
-        svc.store.import_catalog(rows.clone()).await?;
+        svc.store.import_catalog(rows.clone().into()).await?;
         let dir = svc.directory();
         for uid in [5001, 5002] {
             let role = requester_role(&dir, uid);
