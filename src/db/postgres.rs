@@ -36,6 +36,9 @@ const ATTEMPTS: usize = 5;
 /// reached, calls fail after this instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 pub struct PgStore {
     pool: PgPool,
     changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -197,7 +200,17 @@ impl PgStore {
             .max_connections(16)
             .min_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
+            // A connection back from its last use a moment ago is alive (the
+            // pool pinged it on its return); one idle for longer may have
+            // outlived a server restart and is pinged first. A round trip
+            // less for every query of a busy daemon.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    use sqlx::Connection as _;
+                    Ok(meta.idle_for < PING_IDLE_AFTER || conn.ping().await.is_ok())
+                })
+            })
             .connect_with(connect_options(url, password_file)?)
             .await?;
         MIGRATOR.run(&pool).await?;
