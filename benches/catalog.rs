@@ -581,6 +581,48 @@ impl Backend {
         workcopy::db::open(&url, None).await.with_context(|| format!("cannot open {url}"))
     }
 
+    /// PostgreSQL: the server's own floor for the same work, as a baseline —
+    /// the imported rows, dumped with `COPY TO`, loaded by psql's `\copy`
+    /// into a bare table of the catalog's columns, and the catalog's five
+    /// indexes built on it, in one transaction. Returns the seconds.
+    fn copy_floor(&self, run: usize, tmp: &Path) -> Result<Option<f64>> {
+        let Backend::Postgres { url, .. } = self else {
+            return Ok(None);
+        };
+        let db = format!("{}/bench_{run}", url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url));
+        let dump = tmp.join("catalog.copy");
+        let psql = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("psql").args(["-X", "-q", &db]).args(args).output()?;
+            if !out.status.success() {
+                bail!("psql {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        psql(&["-c", &format!("\\copy catalog TO '{}'", dump.display())])?;
+        let t = Instant::now();
+        psql(&[
+            "-1",
+            "-c",
+            "CREATE TABLE floor (LIKE catalog)",
+            "-c",
+            &format!("\\copy floor FROM '{}'", dump.display()),
+            "-c",
+            "ALTER TABLE floor ADD PRIMARY KEY (file_id)",
+            "-c",
+            "CREATE INDEX ON floor (path, department)",
+            "-c",
+            "CREATE INDEX ON floor (base_name, department)",
+            "-c",
+            "CREATE INDEX ON floor (sample_id)",
+            "-c",
+            "CREATE INDEX ON floor (submitted_ns, department)",
+        ])?;
+        let secs = t.elapsed().as_secs_f64();
+        psql(&["-c", "DROP TABLE floor"])?;
+        std::fs::remove_file(&dump)?;
+        Ok(Some(secs))
+    }
+
     /// PostgreSQL: what the server does by itself after a large import —
     /// vacuum the catalog, write the dirty pages out — done now, so that a
     /// second round of look-ups sees the steady state. Returns the seconds.
@@ -728,6 +770,7 @@ fn main() -> Result<()> {
     // (d): resolution latency per descriptor kind, right after the import
     // and (PostgreSQL) once the server has vacuumed and checkpointed.
     let latencies = resolution(&rt, &store, &cat, o.lookups)?;
+    let floor = backend.copy_floor(o.runs - 1, tmp.path())?;
     let settled = match backend.settle(o.runs - 1)? {
         Some(secs) => Some((secs, resolution(&rt, &store, &cat, o.lookups)?)),
         None => None,
@@ -809,6 +852,14 @@ fn main() -> Result<()> {
         again.import,
         again.parse
     );
+    if let Some(secs) = floor {
+        println!(
+            "  {:<30}{:>18}{secs:>10.2}   the import takes {:.2} times as long",
+            "baseline: psql \\copy + indexes",
+            rate(n, secs),
+            median(&total) / secs
+        );
+    }
     if let Backend::Sqlite = backend {
         println!("  on disk after the import: database {db_mib:.1} MiB, its -wal file {wal_mib:.1} MiB");
     }
