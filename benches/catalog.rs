@@ -581,15 +581,22 @@ impl Backend {
         workcopy::db::open(&url, None).await.with_context(|| format!("cannot open {url}"))
     }
 
+    /// PostgreSQL: the URL of run `run`'s database.
+    fn url(&self, run: usize) -> Option<String> {
+        let Backend::Postgres { url, .. } = self else {
+            return None;
+        };
+        Some(format!("{}/bench_{run}", url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url)))
+    }
+
     /// PostgreSQL: the server's own floor for the same work, as a baseline —
     /// the imported rows, dumped with `COPY TO`, loaded by psql's `\copy`
     /// into a bare table of the catalog's columns, and the catalog's five
     /// indexes built on it, in one transaction. Returns the seconds.
     fn copy_floor(&self, run: usize, tmp: &Path) -> Result<Option<f64>> {
-        let Backend::Postgres { url, .. } = self else {
+        let Some(db) = self.url(run) else {
             return Ok(None);
         };
-        let db = format!("{}/bench_{run}", url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url));
         let dump = tmp.join("catalog.copy");
         let psql = |args: &[&str]| -> Result<()> {
             let out = std::process::Command::new("psql").args(["-X", "-q", &db]).args(args).output()?;
@@ -628,10 +635,9 @@ impl Backend {
     /// files and on to the disk — done now, so that a second round of
     /// look-ups sees the steady state. Returns the seconds.
     fn settle(&self, run: usize) -> Result<Option<f64>> {
-        let Backend::Postgres { url, .. } = self else {
+        let Some(db) = self.url(run) else {
             return Ok(None);
         };
-        let db = format!("{}/bench_{run}", url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url));
         let t = Instant::now();
         let out = std::process::Command::new("psql")
             .args(["-X", "-q", &db, "-c", "VACUUM catalog", "-c", "CHECKPOINT"])
@@ -653,9 +659,21 @@ impl Backend {
     }
 }
 
-type Latencies = Vec<(Kind, Vec<Duration>)>;
+/// Per kind of descriptor: the look-ups' times, and (PostgreSQL) the times of
+/// the bare round trip each was paired with.
+type Latencies = Vec<(Kind, Vec<Duration>, Vec<Duration>)>;
 
-fn resolution(rt: &tokio::runtime::Runtime, store: &Arc<dyn Store>, cat: &Catalog, lookups: usize) -> Result<Latencies> {
+/// Each look-up is followed by the baseline: `SELECT $1::text` with the same
+/// descriptor, on a connection of its own to the same server — the client,
+/// loopback and scheduling cost that any query pays on this machine. Timed
+/// in pairs, the two see the same noise.
+fn resolution(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn Store>,
+    baseline: Option<&sqlx::PgPool>,
+    cat: &Catalog,
+    lookups: usize,
+) -> Result<Latencies> {
     let mut rng = Rng(7);
     let mut latencies = Vec::new();
     for kind in Kind::ALL {
@@ -669,6 +687,7 @@ fn resolution(rt: &tokio::runtime::Runtime, store: &Arc<dyn Store>, cat: &Catalo
                 store.resolve(d, 10).await?;
             }
             let mut times = Vec::with_capacity(ds.len());
+            let mut bare = Vec::with_capacity(ds.len());
             for (d, want) in &ds {
                 let t = Instant::now();
                 let got = store.resolve(d, 10).await?;
@@ -676,22 +695,46 @@ fn resolution(rt: &tokio::runtime::Runtime, store: &Arc<dyn Store>, cat: &Catalo
                 if got.len() != *want {
                     bail!("resolve({d:?}) found {} file(s), expected {want}", got.len());
                 }
+                if let Some(pool) = baseline {
+                    let t = Instant::now();
+                    let _: String = sqlx::query_scalar("SELECT $1::text").bind(d).fetch_one(pool).await?;
+                    bare.push(t.elapsed());
+                }
             }
-            Ok(times)
+            Ok((times, bare))
         })?;
-        latencies.push((kind, times));
+        latencies.push((kind, times.0, times.1));
     }
     Ok(latencies)
 }
 
 fn print_latencies(latencies: Latencies) {
-    println!("  {:<26}{:>10}{:>10}{:>10}", "descriptor", "median", "p99", "max");
-    for (kind, mut times) in latencies {
+    let baseline = latencies.iter().any(|(_, _, bare)| !bare.is_empty());
+    if baseline {
+        println!(
+            "  {:<26}{:>10}{:>10}{:>10}   {:>22}",
+            "descriptor", "median", "p99", "max", "SELECT $1: median, p99"
+        );
+    } else {
+        println!("  {:<26}{:>10}{:>10}{:>10}", "descriptor", "median", "p99", "max");
+    }
+    for (kind, mut times, mut bare) in latencies {
         times.sort();
+        bare.sort();
         let med = us(percentile(&times, 0.5));
         let p99 = us(percentile(&times, 0.99));
         let max = us(times.last().copied().unwrap_or_default());
-        println!("  {:<26}{med:>10.1}{p99:>10.1}{max:>10.1}", kind.label());
+        if baseline {
+            let (bmed, bp99) = (us(percentile(&bare, 0.5)), us(percentile(&bare, 0.99)));
+            println!(
+                "  {:<26}{med:>10.1}{p99:>10.1}{max:>10.1}   {bmed:>10.1}{bp99:>10.1}   ({:.2}×, {:.2}×)",
+                kind.label(),
+                med / bmed,
+                p99 / bp99
+            );
+        } else {
+            println!("  {:<26}{med:>10.1}{p99:>10.1}{max:>10.1}", kind.label());
+        }
     }
 }
 
@@ -773,10 +816,14 @@ fn main() -> Result<()> {
 
     // (d): resolution latency per descriptor kind, right after the import
     // and (PostgreSQL) once the server has vacuumed and checkpointed.
-    let latencies = resolution(&rt, &store, &cat, o.lookups)?;
+    let baseline = match backend.url(o.runs - 1) {
+        Some(url) => Some(rt.block_on(sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url))?),
+        None => None,
+    };
+    let latencies = resolution(&rt, &store, baseline.as_ref(), &cat, o.lookups)?;
     let floor = backend.copy_floor(o.runs - 1, tmp.path())?;
     let settled = match backend.settle(o.runs - 1)? {
-        Some(secs) => Some((secs, resolution(&rt, &store, &cat, o.lookups)?)),
+        Some(secs) => Some((secs, resolution(&rt, &store, baseline.as_ref(), &cat, o.lookups)?)),
         None => None,
     };
 
