@@ -284,6 +284,25 @@ pub struct StateSummary {
     pub oldest_since: Option<i64>,
 }
 
+/// The query both backends answer [`Store::state_summary`] with.
+const STATE_SUMMARY: &str = "SELECT state, COUNT(*), MIN(state_since) FROM cases GROUP BY state";
+
+/// Every state, in [`CaseState::ALL`] order, from the `(state, cases, oldest
+/// state_since)` rows of [`STATE_SUMMARY`]; a state without rows has none.
+fn state_summaries(rows: Vec<(String, i64, Option<i64>)>) -> Vec<StateSummary> {
+    CaseState::ALL
+        .iter()
+        .map(|s| {
+            let row = rows.iter().find(|(state, ..)| state == s.as_str());
+            StateSummary {
+                state: *s,
+                cases: row.map_or(0, |r| r.1.max(0) as u64),
+                oldest_since: row.and_then(|r| r.2),
+            }
+        })
+        .collect()
+}
+
 /// The limits [`Store::create_request`] keeps per requester.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {

@@ -1273,24 +1273,8 @@ impl Store for PgStore {
     }
 
     async fn state_summary(&self) -> Result<Vec<StateSummary>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*), MIN(state_since) FROM cases GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut map: HashMap<String, (u64, Option<i64>)> = HashMap::new();
-        for r in &rows {
-            map.insert(r.try_get(0)?, (r.try_get::<i64, _>(1)?.max(0) as u64, r.try_get(2)?));
-        }
-        Ok(CaseState::ALL
-            .iter()
-            .map(|s| {
-                let (cases, oldest_since) = map.get(s.as_str()).copied().unwrap_or((0, None));
-                StateSummary {
-                    state: *s,
-                    cases,
-                    oldest_since,
-                }
-            })
-            .collect())
+        let rows = sqlx::query_as(super::STATE_SUMMARY).fetch_all(&self.pool).await?;
+        Ok(super::state_summaries(rows))
     }
 
     async fn feed_page(&self, after_seq: u64, limit: u32) -> Result<Vec<FeedRecord>, StoreError> {

@@ -746,6 +746,38 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Starts `cmd` in a process group of its own (stdout discarded, stderr
+/// kept) and waits up to 40 s until `received()` reaches 6 MiB, so that the
+/// transfer can be interrupted halfway. Panics, killing the group, when the
+/// command ends first or the bytes do not come. Returns the child, its
+/// group and the bytes received.
+fn spawn_until_grown(mut cmd: Command, desc: &str, received: impl Fn() -> u64) -> (Child, Pid, u64) {
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let pgid = Pid::from_raw(child.id() as i32);
+    let threshold: u64 = 6 << 20;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            panic!("{desc} ended ({status}) before it could be interrupted:\n{err}");
+        }
+        let grown = received();
+        if grown >= threshold {
+            return (child, pgid, grown);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait();
+    panic!("{desc}: the transfer did not reach {threshold} bytes within 40 s ({})", received());
+}
+
 /// Whether any live (non-zombie) process is in process group `pgid`.
 fn group_alive(pgid: i32) -> bool {
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -889,34 +921,9 @@ fn an_interrupted_pull_keeps_its_partial_data_and_resumes() {
 
     // Start with a bandwidth limit; interrupt (SIGTERM to the whole job, as
     // a stopped cron job or ^C would) once some MiB have arrived.
-    let (mut cmd, desc) = fx.pull_cmd(&fx.a, case_ref, &dest, &[("WORKCOPY_PULL_RSYNC_OPTS", "--bwlimit=8m")]);
-    cmd.process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let pgid = Pid::from_raw(child.id() as i32);
-    let threshold: u64 = 6 << 20;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let mut grown = 0;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            let mut err = String::new();
-            let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-            panic!("{desc} ended ({status}) before it could be interrupted:\n{err}");
-        }
-        grown = files_under(&got).iter().map(|(_, n)| *n).max().unwrap_or(0);
-        if grown >= threshold {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (cmd, desc) = fx.pull_cmd(&fx.a, case_ref, &dest, &[("WORKCOPY_PULL_RSYNC_OPTS", "--bwlimit=8m")]);
+    let (mut child, pgid, grown) = spawn_until_grown(cmd, &desc, || files_under(&got).iter().map(|(_, n)| *n).max().unwrap_or(0));
     let _ = nix::sys::signal::killpg(pgid, Signal::SIGTERM);
-    assert!(
-        grown >= threshold,
-        "the transfer did not reach {threshold} bytes within 40 s ({grown})"
-    );
     assert!(grown < big.size, "the transfer finished before it was interrupted");
     // Wait until every process of the job (bash, rsync, ssh) is gone.
     let gone = fx.env.wait_for(Duration::from_secs(20), || {
@@ -1027,34 +1034,10 @@ fn sftp_in_a_chroot_on_the_mount_reads_own_cases_and_confirms_through_the_gate()
         0o644,
     );
     // 40,000 kbit/s: about 5 MB/s, so the 64 MiB take some 13 s.
-    let (mut cmd, desc) = fx.sftp_cmd(a, &batch, &["-l", "40000"]);
-    cmd.process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let pgid = Pid::from_raw(child.id() as i32);
-    let threshold: u64 = 6 << 20;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let mut grown = 0;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-            panic!("{desc} ended ({status}) before it could be interrupted:\n{err}");
-        }
-        grown = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
-        if grown >= threshold {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (cmd, desc) = fx.sftp_cmd(a, &batch, &["-l", "40000"]);
+    let (mut child, pgid, _) = spawn_until_grown(cmd, &desc, || std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0));
     let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
     let _ = child.wait();
-    assert!(
-        grown >= threshold,
-        "the transfer did not reach {threshold} bytes within 40 s ({grown})"
-    );
     let gone = fx.env.wait_for(Duration::from_secs(20), || !group_alive(pgid.as_raw()));
     assert!(gone, "the killed sftp client is still running");
     let partial = std::fs::read(&local).unwrap();
